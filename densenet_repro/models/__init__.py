@@ -1,0 +1,6 @@
+"""Model zoo: DenseNet (all variants of the paper) and the ResNet baselines, registered by name."""
+
+from densenet_repro.models.densenet import DenseNet
+from densenet_repro.models.registry import create_model, list_models, register_timm_models
+
+__all__ = ["DenseNet", "create_model", "list_models", "register_timm_models"]
