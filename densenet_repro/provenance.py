@@ -1,0 +1,376 @@
+"""Provenance of a notebook run: what every report states at its top, and what it hands to the index.
+
+A notebook calls two functions from this module:
+
+    # third cell, right after the `parameters` cell:
+    from densenet_repro import provenance
+    provenance.start(budget=budget, data_root=data_root, device=device, seed=seed)
+
+    # anywhere later, as often as needed (values merge; the last dataset wins):
+    provenance.record(headlines={"densenet121 GMACs": 2.83}, dataset="none", files=["results/x.csv"])
+
+`start` validates the parameters (unknown budget, unusable device -> one-line ValueError), seeds
+python/numpy/torch, makes the repository root the working directory (so relative paths such as
+`data_root="../shared/data"` or `results/...` mean the same in Jupyter, in the report pipeline and
+on the command line) and displays the provenance block: budget and what it means, dataset source,
+hardware, library versions, git commit, start time.
+
+Both functions emit IPython display outputs that carry, besides HTML and plain text, a JSON payload
+under a private mime type (PROVENANCE_MIME, RECORD_MIME). The report pipeline
+(densenet_repro.reports) reads those payloads back from the executed notebook, adds what only it
+knows (wall time, status) to the provenance block, and builds reports/index.{html,json} from them.
+
+This module must import without papermill/nbconvert (the GPU machine lacks them).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import html
+import json
+import os
+import platform
+import random
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from densenet_repro.budgets import BUDGETS, check_budget
+
+PROVENANCE_MIME = "application/vnd.densenet-repro.provenance+json"
+RECORD_MIME = "application/vnd.densenet-repro.record+json"
+
+# One line per budget, shown in every report so a reduced-budget number is never read as the paper's.
+BUDGET_MEANING = {
+    "smoke": "seconds, synthetic data: proves every code path runs; the numbers mean nothing",
+    "cpu": "real CIFAR-10, scaled-down models and schedules for a 2-core CPU; NOT the paper's protocol",
+    "paper": "the paper's full protocol (official datasets, full depth, full schedule); needs a GPU",
+}
+assert set(BUDGET_MEANING) == set(BUDGETS), "BUDGET_MEANING must describe every budget in budgets.BUDGETS"
+
+
+# --------------------------------------------------------------------------------------------
+# Facts about the machine, the code and the libraries
+# --------------------------------------------------------------------------------------------
+
+
+def repo_root() -> Path | None:
+    """The repository root (the folder holding pyproject.toml beside this package), or None.
+
+    None when the package is installed somewhere else (e.g. a non-editable wheel).
+    """
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def git_commit(root: Path | None = None) -> tuple[str, bool]:
+    """(commit sha, dirty) of the repository, or ("unknown", False) when git is unavailable.
+
+    `dirty` ignores reports/ (the pipeline is rewriting it while it runs) and untracked files.
+    """
+    root = root or repo_root()
+    if root is None:
+        return "unknown", False
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True, timeout=20).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                 ":(exclude)reports"], cwd=root, capture_output=True, text=True,
+                                check=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+    return sha, bool(status.strip())
+
+
+def cpu_model() -> str:
+    """Marketing name of the CPU (from /proc/cpuinfo on Linux), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _memory_gib() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def hardware(device: str = "cpu") -> dict[str, Any]:
+    """CPU model and cores, memory, torch threads, and the GPU name when `device` is a CUDA device."""
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": None if _memory_gib() is None else round(_memory_gib(), 1),
+    }
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        idx = dev.index if dev.index is not None else torch.cuda.current_device()
+        info["gpu"] = torch.cuda.get_device_name(idx)
+        info["gpu_count"] = torch.cuda.device_count()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def versions() -> dict[str, str]:
+    """Versions of python and of the libraries whose behaviour the numbers depend on."""
+    out = {"python": platform.python_version()}
+    for mod in ("torch", "torchvision", "timm", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing optional library is reported, not fatal
+            out[mod] = "not installed"
+    return out
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _describe_data_root(data_root: str, budget: str, uses_data: bool) -> str:
+    if not uses_data:
+        return "none: this notebook reads no dataset"
+    if budget == "smoke":
+        return "synthetic (smoke budget: generated in memory, data_root is not read)"
+    p = Path(data_root)
+    if not p.exists():
+        return f"{data_root} (does not exist yet)"
+    if p.is_dir():
+        entries = sorted(x.name for x in p.iterdir() if not x.name.startswith("."))
+        shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+        return f"{data_root} (contains: {shown or 'nothing'})"
+    return data_root
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt_seconds(s: float) -> str:
+    s = float(s)
+    if s < 120:
+        return f"{s:.1f} s"
+    m, sec = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min {sec:02d} s" if h else f"{m} min {sec:02d} s"
+
+
+def provenance_rows(info: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The provenance block as (label, value) rows, in the order a reader wants them."""
+    hw = info.get("hardware", {})
+    hw_text = f"{hw.get('cpu', '?')}, {hw.get('cpu_cores', '?')} cores (torch threads: {hw.get('torch_threads', '?')})"
+    if hw.get("memory_gib"):
+        hw_text += f", {hw['memory_gib']} GiB RAM"
+    if hw.get("gpu"):
+        hw_text += f"; GPU: {hw['gpu']} x{hw.get('gpu_count', 1)} (CUDA {hw.get('cuda')})"
+    v = info.get("versions", {})
+    commit = info.get("commit", "unknown")
+    commit_text = commit[:12] + (" (uncommitted changes)" if info.get("dirty") else "")
+    wall = info.get("wall_time_s")
+    rows = []
+    if "status" in info:
+        status = info["status"]
+        if info.get("error"):
+            status += f": {info['error']}"
+        rows.append(("Status", status))
+    rows += [
+        ("Budget", f"{info.get('budget')} ({BUDGET_MEANING.get(info.get('budget'), '?')})"),
+        ("Parameters", f"data_root={info.get('data_root')!r}, device={info.get('device')!r}, seed={info.get('seed')!r}"),
+        ("Dataset", str(info.get("dataset", "?"))),
+        ("Hardware", hw_text),
+        ("Software", ", ".join(f"{k} {val}" for k, val in v.items())),
+        ("Commit", commit_text),
+        ("Started", str(info.get("started", "?"))),
+        ("Wall time", _fmt_seconds(wall) if wall is not None
+         else "not known until the notebook has finished (the report pipeline fills it in)"),
+    ]
+    return rows
+
+
+def provenance_html(info: Mapping[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em;vertical-align:top'>{html.escape(k)}</th>"
+        f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
+        for k, v in provenance_rows(info)
+    )
+    colour = "#c00" if info.get("status") == "failed" else "#888"
+    return (f"<div class='densenet-repro-provenance' style='border:1px solid {colour};padding:0.5em;"
+            f"margin:0.5em 0'><b>Provenance</b><table>{rows}</table></div>")
+
+
+def provenance_text(info: Mapping[str, Any]) -> str:
+    return "Provenance\n" + "\n".join(f"  {k}: {v}" for k, v in provenance_rows(info))
+
+
+def record_html(payload: Mapping[str, Any]) -> str:
+    parts = []
+    if payload.get("headlines"):
+        rows = "".join(f"<tr><td style='text-align:left'>{html.escape(str(k))}</td>"
+                       f"<td style='text-align:right'>{html.escape(_fmt_value(v))}</td></tr>"
+                       for k, v in payload["headlines"].items())
+        parts.append(f"<b>Headline numbers</b><table>{rows}</table>")
+    if payload.get("dataset"):
+        parts.append(f"<b>Dataset used:</b> {html.escape(payload['dataset'])}")
+    if payload.get("files"):
+        items = "".join(f"<li><code>{html.escape(p)}</code></li>" for p in payload["files"])
+        parts.append(f"<b>Result files read:</b><ul>{items}</ul>")
+    return "<div class='densenet-repro-record'>" + "<br>".join(parts) + "</div>"
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _display(bundle: dict[str, Any]) -> None:
+    """Show a mime bundle in IPython; print its text outside IPython (plain python, scripts)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        get_ipython = None  # type: ignore[assignment]
+    if get_ipython is not None and get_ipython() is not None:
+        display(bundle, raw=True)
+    else:
+        print(bundle["text/plain"])
+
+
+# --------------------------------------------------------------------------------------------
+# Public API for notebooks
+# --------------------------------------------------------------------------------------------
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    if not isinstance(device, str) or not device:
+        raise ValueError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here: use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {device!r} requested but MPS is not available here: use device='cpu'")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def start(budget: str, data_root: str, device: str = "cpu", seed: int = 0, *,
+          uses_data: bool = True, chdir: bool = True) -> None:
+    """Validate a notebook's parameters, seed everything and display the provenance block.
+
+    Args:
+        budget: one of densenet_repro.budgets.BUDGETS (an unknown one raises ValueError).
+        data_root: folder holding the datasets (relative paths are relative to the repo root).
+        device: "cpu", "cuda" or "cuda:N" (raises ValueError when not available here).
+        seed: seeds python's `random`, numpy and torch.
+        uses_data: False for notebooks that read no dataset (the block then says so).
+        chdir: make the repository root the working directory (see the module docstring).
+
+    The provenance dict is embedded in the displayed output (PROVENANCE_MIME) for the pipeline.
+    """
+    check_budget(budget)
+    if not isinstance(data_root, (str, os.PathLike)) or not str(data_root):
+        raise ValueError(f"data_root must be a non-empty path string, got {data_root!r}")
+    data_root = str(data_root)
+    _check_device(device)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    root = repo_root()
+    if chdir and root is not None and Path.cwd().resolve() != root:
+        os.chdir(root)
+    _seed_everything(seed)
+    commit, dirty = git_commit(root)
+    info: dict[str, Any] = {
+        "budget": budget,
+        "budget_meaning": BUDGET_MEANING[budget],
+        "data_root": data_root,
+        "device": device,
+        "seed": seed,
+        "dataset": _describe_data_root(data_root, budget, uses_data),
+        "hardware": hardware(device),
+        "versions": versions(),
+        "commit": commit,
+        "dirty": dirty,
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _display({"text/html": provenance_html(info), "text/plain": provenance_text(info),
+              PROVENANCE_MIME: info})
+    # returns nothing, so that the cell shows the block only (not the dict's repr)
+
+
+def _normalise_file(path: str | os.PathLike) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"record(files=...): {str(path)!r} is not a file (paths are relative to the repo root)")
+    root = repo_root()
+    resolved = p.resolve()
+    if root is not None:
+        try:
+            return resolved.relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return resolved.as_posix()
+
+
+def record(headlines: Mapping[str, Any] | None = None, dataset: str | None = None,
+           files: Iterable[str | os.PathLike] = ()) -> None:
+    """Hand headline numbers, the dataset actually used and the result files read to the report index.
+
+    Args:
+        headlines: short name -> number (or short string); shown in reports/index.html.
+            Only numbers computed in this run, loaded from committed result files, or quoted and
+            labelled as quoted in their name.
+        dataset: the dataset source this notebook actually used (overrides the guess of `start`).
+        files: result files this notebook read; their sha256 goes into the index so that a report
+            becomes stale (a test fails) when one of them changes.
+
+    Can be called several times; the pipeline merges the calls (headlines update, files add up).
+    """
+    headlines = dict(headlines or {})
+    for k, v in headlines.items():
+        if not isinstance(k, str):
+            raise ValueError(f"headline names must be strings, got {k!r}")
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"headline {k!r} must be a finite number or a string, got {v!r}") from e
+        if not isinstance(v, (int, float, str)) or isinstance(v, bool):
+            raise ValueError(f"headline {k!r} must be a number or a string, got {type(v).__name__}")
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    hashes = {_normalise_file(f): sha256_file(f) for f in files}
+    payload = {"headlines": headlines, "dataset": dataset, "files": list(hashes), "sha256": hashes}
+    _display({"text/html": record_html(payload), "text/plain": json.dumps(payload, indent=1),
+              RECORD_MIME: payload})
