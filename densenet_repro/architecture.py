@@ -1,0 +1,504 @@
+"""Everything notebook 01 shows about the architecture, computed from the models in this repo.
+
+Nothing here is typed in except what is quoted from the paper or from torchvision and labelled so:
+- Table 1 (layer configuration of DenseNet-121/169/201/264) is read off the modules and a forward
+  pass at 224x224 with forward hooks (`table1`);
+- the parameter column of Table 2 counts our parameters and puts them beside the paper's rounded
+  values, quoted in `registry.PAPER_PARAMS` (`param_table`);
+- the feature-map growth k_0 + k(l-1) inside a block compares each dense layer's actual input
+  channels with the formula (`growth_table`);
+- the L(L+1)/2 connections of a small block are found by tracing which tensors each layer
+  receives in a forward pass (`connections`, drawn by `draw_connections`);
+- FLOPs come from torch.utils.flop_counter.FlopCounterMode, which counts 2 FLOPs per
+  multiply-add; we report multiply-adds (MACs), the unit of torchvision's "GFLOPS" (`macs`);
+- Figure 3 puts params and MACs of our DenseNet-121/169/201/264 and torchvision's ResNet-18..152
+  beside their published ImageNet top-1 errors (`figure3_table`, `figure3_plot`);
+- the torchvision equivalence check loads torchvision's state_dict into ours (`torchvision_equivalence`).
+
+Shapes, parameter counts and FLOPs need no numbers, so the models are built on the "meta" device:
+no memory, no initialisation cost, a 224x224 forward pass of DenseNet-264 in well under a second.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from densenet_repro.models import DenseNet, create_model
+from densenet_repro.models.registry import PAPER_PARAMS
+
+TABLE1_MODELS = ("densenet121", "densenet169", "densenet201", "densenet264")
+FIGURE3_DENSENETS = TABLE1_MODELS
+FIGURE3_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+EQUIVALENCE_MODELS = ("densenet121", "densenet161", "densenet169", "densenet201")
+
+# Quoted from the paper, Table 3: ImageNet validation top-1 error (%), single-crop.
+PAPER_TABLE3_TOP1_SINGLE_CROP = {"densenet121": 25.02, "densenet169": 23.80, "densenet201": 22.58,
+                                 "densenet264": 22.15}
+
+# Row labels of the paper's Table 2 (labels only; the numbers come from PAPER_PARAMS / the models).
+TABLE2_LABELS = {
+    "densenet40_k12": ("DenseNet (k = 12)", 40),
+    "densenet100_k12": ("DenseNet (k = 12)", 100),
+    "densenet100_k24": ("DenseNet (k = 24)", 100),
+    "densenet_bc100_k12": ("DenseNet-BC (k = 12)", 100),
+    "densenet_bc250_k24": ("DenseNet-BC (k = 24)", 250),
+    "densenet_bc190_k40": ("DenseNet-BC (k = 40)", 190),
+    "resnet110": ("ResNet", 110),
+    "preact_resnet164": ("ResNet (pre-activation)", 164),
+    "preact_resnet1001": ("ResNet (pre-activation)", 1001),
+}
+
+
+def _pretty(name: str) -> str:
+    """'densenet121' -> 'DenseNet-121', 'resnet50' -> 'ResNet-50'."""
+    for prefix, label in (("densenet", "DenseNet-"), ("resnet", "ResNet-")):
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            return label + name[len(prefix):]
+    return name
+
+
+def _size(shape: Sequence[int]) -> str:
+    return f"{shape[-2]} × {shape[-1]}" if len(shape) == 4 else "1 × 1"
+
+
+def build(name: str, device: str | torch.device = "meta", **kwargs) -> nn.Module:
+    """A registered model (ours) or a torchvision model ("tv:resnet50"), in eval mode, on `device`.
+
+    torchvision models are built with weights=None (random init, nothing downloaded).
+    """
+    with torch.device(device):
+        if name.startswith("tv:"):
+            import torchvision
+
+            model = getattr(torchvision.models, name[3:])(weights=None, **kwargs)
+        else:
+            model = create_model(name, **kwargs)
+    return model.eval()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# Table 1
+# --------------------------------------------------------------------------------------------
+
+
+def stage_shapes(model: nn.Module, image_size: int = 224) -> dict[str, tuple[int, ...]]:
+    """Output shape of every child of model.features (and of transition conv/pool and the
+    classifier), recorded by forward hooks during one forward pass at image_size."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+
+    def hook(name):
+        return lambda mod, inp, out: shapes.__setitem__(name, tuple(out.shape))
+
+    watched = dict(model.features.named_children())
+    for name, mod in model.features.named_children():
+        if name.startswith("transition"):
+            watched[name + ".conv"] = mod.conv
+            watched[name + ".pool"] = mod.pool
+    watched["classifier"] = model.classifier
+    for name, mod in watched.items():
+        hooks.append(mod.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            dev = next(model.parameters()).device
+            model(torch.zeros(1, 3, image_size, image_size, device=dev))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _conv_text(conv: nn.Conv2d) -> str:
+    k = conv.kernel_size
+    s = f"{k[0]} × {k[1]} conv"
+    return s + (f", stride {conv.stride[0]}" if conv.stride[0] != 1 else "")
+
+
+def _layer_rows(model: DenseNet, image_size: int) -> list[tuple[str, str, str]]:
+    """(layer group, output size, configuration) rows of Table 1 for one model."""
+    shapes = stage_shapes(model, image_size)
+    f = model.features
+    rows = []
+    rows.append(("Convolution", _size(shapes["conv0"]), _conv_text(f.conv0)))
+    if hasattr(f, "pool0"):
+        p = f.pool0
+        rows.append(("Pooling", _size(shapes["pool0"]),
+                     f"{p.kernel_size} × {p.kernel_size} max pool, stride {p.stride}"))
+    for name, mod in f.named_children():
+        if name.startswith("denseblock"):
+            b = name[len("denseblock"):]
+            layers = list(mod.children())
+            convs = [m for m in layers[0].modules() if isinstance(m, nn.Conv2d)]
+            inner = ", ".join(_conv_text(c) for c in convs)
+            rows.append((f"Dense Block ({b})", _size(shapes[name]), f"[{inner}] × {len(layers)}"))
+        elif name.startswith("transition"):
+            t = name[len("transition"):]
+            rows.append((f"Transition Layer ({t})", _size(shapes[name + ".conv"]), _conv_text(mod.conv)))
+            pool = mod.pool
+            kind = "average" if isinstance(pool, nn.AvgPool2d) else "max"
+            rows.append((f"Transition Layer ({t})", _size(shapes[name + ".pool"]),
+                         f"{pool.kernel_size} × {pool.kernel_size} {kind} pool, stride {pool.stride}"))
+    h, w = shapes["norm5"][-2:]
+    # the global pooling is functional in forward(): its window is the last feature map's size
+    rows.append(("Classification Layer", "1 × 1", f"{h} × {w} global average pool"))
+    rows.append(("Classification Layer", _size(shapes["classifier"]),
+                 f"{shapes['classifier'][-1]}D fully-connected, softmax"))
+    return rows
+
+
+def table1(names: Sequence[str] = TABLE1_MODELS, image_size: int = 224):
+    """The paper's Table 1 regenerated from our models: one row per layer group, one column per net.
+
+    Raises if the nets disagree on the output sizes (they share one column in the paper).
+    """
+    import pandas as pd
+
+    models = {n: build(n) for n in names}
+    per_model = {n: _layer_rows(m, image_size) for n, m in models.items()}
+    first = per_model[names[0]]
+    for n, rows in per_model.items():
+        if [(r[0], r[1]) for r in rows] != [(r[0], r[1]) for r in first]:
+            raise ValueError(f"{n} has other layer groups/output sizes than {names[0]}: not one Table 1")
+    data = {"Layers": [r[0] for r in first], "Output Size": [r[1] for r in first]}
+    for n, rows in per_model.items():
+        data[_pretty(n) + f" (k = {models[n].growth_rate})"] = [r[2] for r in rows]
+    return pd.DataFrame(data)
+
+
+def stage_channels(names: Sequence[str] = TABLE1_MODELS, image_size: int = 224):
+    """Feature maps (channels) after every stage, from the same hooked forward pass (not in Table 1)."""
+    import pandas as pd
+
+    cols = {}
+    for n in names:
+        shapes = stage_shapes(build(n), image_size)
+        cols[_pretty(n)] = {k: v[1] for k, v in shapes.items() if "." not in k and len(v) == 4
+                            and not k.startswith(("norm", "relu"))}
+    return pd.DataFrame(cols)
+
+
+# --------------------------------------------------------------------------------------------
+# Table 2, parameter column
+# --------------------------------------------------------------------------------------------
+
+
+def _paper_millions(text: str) -> float:
+    if not text.endswith("M"):
+        raise ValueError(f"paper parameter count {text!r} is not of the form '1.0M'")
+    return float(text[:-1])
+
+
+def param_table(names: Iterable[str] | None = None, num_classes: int = 10):
+    """Table 2's parameter column: the paper's rounded value (quoted) beside our exact count."""
+    import pandas as pd
+
+    rows = []
+    for name in names or PAPER_PARAMS:
+        n = count_params(build(name, num_classes=num_classes))
+        paper = PAPER_PARAMS[name]
+        label, depth = TABLE2_LABELS.get(name, (name, None))
+        rows.append({
+            "model": name,
+            "Table 2 row": label,
+            "depth": depth,
+            "paper params (quoted)": paper,
+            "ours (exact)": n,
+            "ours (rounded)": f"{n / 1e6:.1f}M",
+            "rounds to paper": f"{n / 1e6:.1f}M" == paper,
+            "deviation (%)": round(100 * (n / 1e6 / _paper_millions(paper) - 1), 2),
+        })
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Feature-map growth k_0 + k(l-1)
+# --------------------------------------------------------------------------------------------
+
+
+def growth_table(name: str = "densenet40_k12", **kwargs):
+    """Per dense layer: the input maps it actually has (its first conv's in_channels) against the
+    paper's k_0 + k(l-1), with k_0 the block input's maps (measured by a hook) and k each layer's
+    output maps (its last conv's out_channels)."""
+    import pandas as pd
+
+    model = build(name, **kwargs)
+    block_in: dict[str, int] = {}
+    hooks = [mod.register_forward_pre_hook(
+        (lambda n: lambda m, args: block_in.__setitem__(n, args[0].shape[1]))(bname))
+        for bname, mod in model.features.named_children() if bname.startswith("denseblock")]
+    size = 224 if getattr(model.features, "pool0", None) is not None else 32
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = []
+    for bname, block in model.features.named_children():
+        if not bname.startswith("denseblock"):
+            continue
+        k0 = block_in[bname]
+        for l, layer in enumerate(block.children(), start=1):
+            convs = [m for m in layer.modules() if isinstance(m, nn.Conv2d)]
+            k = convs[-1].out_channels
+            rows.append({"block": int(bname[len("denseblock"):]), "layer l": l, "k_0": k0, "k": k,
+                         "input maps (model)": convs[0].in_channels, "k_0 + k(l-1)": k0 + k * (l - 1)})
+    df = pd.DataFrame(rows)
+    df["matches"] = df["input maps (model)"] == df["k_0 + k(l-1)"]
+    return df
+
+
+def growth_plot(df, ax=None, title: str | None = None):
+    """Input maps of each dense layer (points) against k_0 + k(l-1) (lines), one colour per block."""
+    from densenet_repro import plots
+
+    if ax is None:
+        _, ax = plots.figure()
+    for i, (b, sub) in enumerate(df.groupby("block")):
+        ax.plot(sub["layer l"], sub["k_0 + k(l-1)"], color=f"C{i}", lw=1,
+                label="k_0 + k(l-1)" if i == 0 else None)
+        ax.plot(sub["layer l"], sub["input maps (model)"], "o", ms=4, color=f"C{i}",
+                label=f"block {b}: model")
+    ax.set_xlabel("layer l within the block")
+    ax.set_ylabel("input feature maps")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return ax
+
+
+# --------------------------------------------------------------------------------------------
+# The L(L+1)/2 connections of a small block
+# --------------------------------------------------------------------------------------------
+
+
+def connections(num_layers: int = 4, growth_rate: int = 4) -> dict[str, Any]:
+    """Trace which feature maps every layer of a small dense block receives.
+
+    Builds a DenseNet whose first block has `num_layers` dense layers (followed by a transition,
+    as in the paper's Figure 1) and runs one forward pass with hooks. Layer inputs arrive as a
+    list of tensors (or one concatenated tensor); each is matched to x_0 (the block input) or to
+    an earlier layer's output x_s. The transition's input is matched slice by slice.
+
+    Returns {"nodes": [...], "edges": [(s, t), ...], "L": num_layers + 1}; the paper's count for
+    L layers (dense layers + transition) is L(L+1)/2.
+    """
+    model = DenseNet(block_config=(num_layers, 1), growth_rate=growth_rate).eval()
+    block, transition = model.features.denseblock1, model.features.transition1
+    captured: dict[str, Any] = {"layer_inputs": [], "layer_outputs": []}
+
+    def layer_pre(mod, args):
+        # a copy: the block appends to the very list it hands to its layers
+        captured["layer_inputs"].append(list(args[0]) if isinstance(args[0], list) else args[0])
+
+    def layer_out(mod, args, out):
+        captured["layer_outputs"].append(out)
+
+    hooks = [block.register_forward_pre_hook(lambda m, a: captured.__setitem__("x0", a[0])),
+             transition.register_forward_pre_hook(lambda m, a: captured.__setitem__("transition_in", a[0]))]
+    for layer in block.children():
+        hooks += [layer.register_forward_pre_hook(layer_pre), layer.register_forward_hook(layer_out)]
+    try:
+        with torch.no_grad():
+            model(torch.randn(1, 3, 8, 8))
+    finally:
+        for h in hooks:
+            h.remove()
+
+    feats = [captured["x0"]] + captured["layer_outputs"]  # x_0, x_1, ..., x_n
+
+    def sources(inp) -> list[int]:
+        if isinstance(inp, (list, tuple)):  # identity of the tensors handed over
+            return [next(i for i, f in enumerate(feats) if f is t) for t in inp]
+        # one concatenated tensor: match consecutive channel slices against x_0, x_1, ...
+        found, c = [], 0
+        for i, f in enumerate(feats):
+            w = f.shape[1]
+            if c + w <= inp.shape[1] and torch.equal(inp[:, c:c + w], f):
+                found.append(i)
+                c += w
+        if c != inp.shape[1]:
+            raise ValueError("layer input is not a concatenation of the block's feature maps")
+        return found
+
+    edges = []
+    for t, inp in enumerate(captured["layer_inputs"], start=1):
+        edges += [(s, t) for s in sources(inp)]
+    edges += [(s, num_layers + 1) for s in sources(captured["transition_in"])]
+    nodes = ["x_0 (input)"] + [f"H_{l}" for l in range(1, num_layers + 1)] + ["Transition"]
+    return {"nodes": nodes, "edges": edges, "L": num_layers + 1, "growth_rate": growth_rate}
+
+
+def draw_connections(conn: dict[str, Any], ax=None):
+    """Draw the traced connections as arcs between the layers (the paper's Figure 1, flattened)."""
+    from matplotlib.patches import FancyArrowPatch
+
+    from densenet_repro import plots
+
+    nodes, edges, L = conn["nodes"], conn["edges"], conn["L"]
+    if ax is None:
+        _, ax = plots.figure(width=7.5, height=2.8)
+    xs = list(range(len(nodes)))
+    for s, t in edges:
+        rad = -0.35 if t - s > 1 else 0.0
+        ax.add_patch(FancyArrowPatch((xs[s], 0), (xs[t], 0), connectionstyle=f"arc3,rad={rad}",
+                                     arrowstyle="-|>", mutation_scale=9, color=f"C{s}", lw=1.3,
+                                     shrinkA=11, shrinkB=11, alpha=0.85))
+    ax.scatter(xs, [0] * len(xs), s=650, color="white", edgecolor="0.2", zorder=3)
+    for x, n in zip(xs, nodes):
+        ax.text(x, 0, n.split(" ")[0].replace("Transition", "T"), ha="center", va="center", zorder=4,
+                fontsize="small")
+    ax.set_xlim(-0.6, len(nodes) - 0.4)
+    ax.set_ylim(-0.35, 0.18 * (len(nodes) - 1) + 0.25)
+    ax.axis("off")
+    ax.set_title(f"L = {L} layers ({L - 1} dense layers with k = {conn['growth_rate']}, then transition T)\n"
+                 f"{len(edges)} connections traced in a forward pass; L(L+1)/2 = {L * (L + 1) // 2}")
+    return ax
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs and Figure 3
+# --------------------------------------------------------------------------------------------
+
+
+def macs(model_or_name: nn.Module | str, image_size: int = 224) -> int:
+    """Multiply-adds of one forward pass of one image, from torch.utils.flop_counter.
+
+    FlopCounterMode counts 2 FLOPs per multiply-add (convolutions, matmuls); MACs = FLOPs / 2.
+    BN, ReLU, pooling and additions are not counted, as in torchvision's published numbers.
+    """
+    model = build(model_or_name) if isinstance(model_or_name, str) else model_or_name
+    dev = next(model.parameters()).device
+    x = torch.zeros(1, 3, image_size, image_size, device=dev)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    flops = counter.get_total_flops()
+    return flops // 2
+
+
+def _torchvision_weights(name: str):
+    import torchvision
+
+    enum_name = {"densenet": "DenseNet", "resnet": "ResNet"}[name.rstrip("0123456789")] + \
+        name.lstrip("abcdefghijklmnopqrstuvwxyz") + "_Weights"
+    enum = getattr(torchvision.models, enum_name, None)
+    return None if enum is None else enum.IMAGENET1K_V1
+
+
+def torchvision_published(name: str) -> dict[str, float] | None:
+    """What torchvision publishes with its IMAGENET1K_V1 weights (read locally, no download):
+    top-1 accuracy (%) and GFLOPS (multiply-adds). None for nets torchvision does not have."""
+    w = _torchvision_weights(name)
+    if w is None:
+        return None
+    return {"acc@1": w.meta["_metrics"]["ImageNet-1K"]["acc@1"], "gmacs": w.meta.get("_ops"),
+            "params": w.meta.get("num_params")}
+
+
+def figure3_table(densenets: Sequence[str] = FIGURE3_DENSENETS, resnets: Sequence[str] = FIGURE3_RESNETS,
+                  image_size: int = 224):
+    """Params and MACs (measured here) against published ImageNet top-1 error (quoted) for Figure 3.
+
+    DenseNets: our models; error from the paper's Table 3 (single-crop).
+    ResNets: torchvision's models (weights=None); error = 100 - the acc@1 torchvision publishes
+    with its IMAGENET1K_V1 weights. (The paper's Figure 3 used fb.resnet.torch's ResNets.)
+    """
+    import pandas as pd
+
+    rows = []
+    for name in list(densenets) + list(resnets):
+        is_dense = name in densenets
+        model = build(name if is_dense else "tv:" + name)
+        pub = torchvision_published(name)
+        if is_dense:
+            err, source = PAPER_TABLE3_TOP1_SINGLE_CROP[name], "paper Table 3, single-crop (quoted)"
+        else:
+            err, source = round(100 - pub["acc@1"], 3), "100 - torchvision acc@1, IMAGENET1K_V1 (quoted)"
+        rows.append({
+            "model": _pretty(name),
+            "family": "DenseNet" if is_dense else "ResNet",
+            "params (M)": round(count_params(model) / 1e6, 2),
+            "GMACs (ours)": round(macs(model, image_size) / 1e9, 3),
+            "GMACs (torchvision, quoted)": None if pub is None else pub["gmacs"],
+            "top-1 error (%)": err,
+            "error source": source,
+        })
+    return pd.DataFrame(rows)
+
+
+def figure3_plot(df):
+    """The two panels of Figure 3: top-1 error against parameters and against multiply-adds."""
+    from densenet_repro import plots
+
+    fig, (a, b) = plots.figure(ncols=2)
+    df = df.assign(name=df["model"].str.split("-").str[1])
+    for ax, x, xlabel in ((a, "params (M)", "parameters (millions)"),
+                          (b, "GMACs (ours)", "multiply-adds (G) per 224×224 image")):
+        plots.lines_by_family(ax, df, x, "top-1 error (%)", label="name")
+        ax.set_xlabel(xlabel)
+    plots.quoted_note(b, "errors quoted: DenseNet, paper Table 3; ResNet, torchvision")
+    fig.suptitle("Figure 3: ImageNet top-1 error (single-crop) vs. parameters and FLOPs")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision equivalence
+# --------------------------------------------------------------------------------------------
+
+
+def torchvision_equivalence(names: Sequence[str] = EQUIVALENCE_MODELS, image_size: int = 64, seed: int = 0):
+    """Load torchvision's state_dict (random init, weights=None) strictly into ours and compare
+    the eval-mode logits on a random batch of two image_size x image_size images."""
+    import pandas as pd
+
+    rows = []
+    for name in names:
+        torch.manual_seed(seed)
+        tv = build("tv:" + name, device="cpu")
+        ours = build(name, device="cpu")
+        result = ours.load_state_dict(tv.state_dict(), strict=True)  # raises on any mismatch
+        ours.eval()
+        x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            a, b = tv(x), ours(x)
+        diff = (a - b).abs().max().item()
+        rows.append({
+            "model": name,
+            "params (ours)": count_params(ours),
+            "params (torchvision)": count_params(tv),
+            "strict load": not result.missing_keys and not result.unexpected_keys,
+            "max |logit diff|": diff,
+            "same logits (atol 1e-5)": bool(torch.allclose(a, b, atol=1e-5, rtol=1e-5)),
+        })
+        del tv, ours
+    return pd.DataFrame(rows)
+
+
+def model_summary(names: Iterable[str] | None = None):
+    """Parameters and MACs of every registered model at its native input size (32 or 224)."""
+    import pandas as pd
+
+    from densenet_repro.models.registry import IMAGENET_MODELS, list_models
+
+    rows = []
+    for name in names or list_models():
+        size = 224 if name in IMAGENET_MODELS else 32
+        model = build(name)
+        rows.append({"model": name, "input": f"{size}×{size}", "params": count_params(model),
+                     "GMACs": round(macs(model, size) / 1e9, 3)})
+    return pd.DataFrame(rows)
+
+
+__all__ = [
+    "table1", "stage_channels", "param_table", "growth_table", "growth_plot", "connections",
+    "draw_connections", "macs", "figure3_table", "figure3_plot", "torchvision_equivalence",
+    "torchvision_published", "model_summary", "PAPER_TABLE3_TOP1_SINGLE_CROP",
+]
