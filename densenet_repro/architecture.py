@@ -497,8 +497,48 @@ def model_summary(names: Iterable[str] | None = None):
     return pd.DataFrame(rows)
 
 
+def verdicts(growth, conn, params, summary, equiv, fig3):
+    """One row per claim of notebook 01: what was measured here and whether it holds.
+
+    The thresholds are stated in the rows; nothing is decided by hand.
+    """
+    import pandas as pd
+
+    dense = params[params["model"].str.startswith("densenet")]
+    resn = params[~params["model"].str.startswith("densenet")]
+    gmacs121 = float(summary.set_index("model").loc["densenet121", "GMACs"])
+    f3 = fig3.set_index("model")
+    L = conn["L"]
+    rows = [
+        ("layer l of a block sees k_0 + k(l-1) input maps",
+         f"{int(growth['matches'].sum())}/{len(growth)} layers match", bool(growth["matches"].all())),
+        ("a block of L layers has L(L+1)/2 direct connections",
+         f"{len(conn['edges'])} traced for L = {L}; L(L+1)/2 = {L * (L + 1) // 2}",
+         len(conn["edges"]) == L * (L + 1) // 2),
+        ("DenseNet parameter counts round to Table 2",
+         f"{int(dense['rounds to paper'].sum())}/{len(dense)} round to the quoted value",
+         bool(dense["rounds to paper"].all())),
+        ("ResNet baselines within 2% of Table 2",
+         f"max |deviation| {resn['deviation (%)'].abs().max():.2f}%",
+         bool((resn["deviation (%)"].abs() <= 2).all())),
+        ("DenseNet-121 costs 2.83 G multiply-adds at 224x224 (torchvision: 2.834)",
+         f"{gmacs121:.3f} G", round(gmacs121, 2) == 2.83),
+        ("torchvision's DenseNet state_dicts load strictly into ours, same logits",
+         f"{int(equiv['strict load'].sum())}/{len(equiv)} strict, max |logit diff| "
+         f"{equiv['max |logit diff|'].max():.1e}",
+         bool(equiv["strict load"].all() and equiv["same logits (atol 1e-5)"].all())),
+        ("DenseNet-201 is about as accurate as ResNet-101 with less than half the parameters "
+         "(errors quoted)",
+         f"{f3.loc['DenseNet-201', 'params (M)']:.1f}M vs {f3.loc['ResNet-101', 'params (M)']:.1f}M params; "
+         f"{f3.loc['DenseNet-201', 'top-1 error (%)']:.2f}% vs {f3.loc['ResNet-101', 'top-1 error (%)']:.2f}%",
+         bool(f3.loc["DenseNet-201", "params (M)"] < 0.5 * f3.loc["ResNet-101", "params (M)"]
+              and abs(f3.loc["DenseNet-201", "top-1 error (%)"] - f3.loc["ResNet-101", "top-1 error (%)"]) < 0.5)),
+    ]
+    return pd.DataFrame(rows, columns=["claim", "measured here", "holds"])
+
+
 __all__ = [
     "table1", "stage_channels", "param_table", "growth_table", "growth_plot", "connections",
     "draw_connections", "macs", "figure3_table", "figure3_plot", "torchvision_equivalence",
-    "torchvision_published", "model_summary", "PAPER_TABLE3_TOP1_SINGLE_CROP",
+    "torchvision_published", "model_summary", "verdicts", "PAPER_TABLE3_TOP1_SINGLE_CROP",
 ]

@@ -250,6 +250,8 @@ def render_notebook(path: Path, out_dir: Path, parameters: Mapping[str, Any], *,
     out_nb = out_dir / path.name
     out_html = out_dir / (path.stem + ".html")
     notebook_sha = provenance.sha256_file(path)
+    for old in (out_nb, out_html):  # never report a previous run's output as this one's
+        old.unlink(missing_ok=True)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     log(f"[reports] {path.name}: running (budget={parameters['budget']})")
     t0 = time.perf_counter()
