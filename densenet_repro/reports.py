@@ -456,6 +456,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     root = _root()
     try:
+        import nbconvert  # noqa: F401
+        import papermill  # noqa: F401
+    except ImportError as e:
+        ap.exit(2, f"{ap.prog}: error: {e.name} is not installed here; rendering reports needs the full "
+                   "environment (pip install -e . or conda env create -f environment.yml)\n")
+    try:
         check_budget(args.budget)
         out_dir = Path(args.out).resolve() if args.out else root / "reports"
         committed = (root / "reports").resolve()
