@@ -1,0 +1,38 @@
+"""Command line: `python -m densenet_repro <command> [options]`.
+
+    train    train one model on one dataset (densenet_repro.train)
+    table2   every Table 2 cell of a budget (densenet_repro.experiments)
+    bench    training/inference speed and memory benchmark (densenet_repro.bench)
+    reports  execute the notebooks and render reports/ (densenet_repro.reports)
+
+Each command parses its own options; `python -m densenet_repro <command> --help` lists them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("densenet_repro.train", "main"),
+    "table2": ("densenet_repro.experiments", "table2_main"),
+    "bench": ("densenet_repro.bench", "main"),
+    "reports": ("densenet_repro.reports", "main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}: use one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module, function = COMMANDS[command]
+    return int(getattr(importlib.import_module(module), function)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

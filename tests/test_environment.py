@@ -1,0 +1,36 @@
+"""environment.yml (conda) installs the same packages as pyproject.toml, with torch pinned."""
+
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pyproject_requirements() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+
+
+def _conda_pip_requirements() -> set[str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_sections = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
+    assert len(pip_sections) == 1, "environment.yml needs exactly one pip: section"
+    return {r for r in pip_sections[0] if not r.startswith("-e")}
+
+
+def test_environment_yml_matches_pyproject():
+    assert _conda_pip_requirements() == _pyproject_requirements()
+
+
+def test_torch_and_torchvision_are_pinned_exactly():
+    pins = {r.split("==")[0]: r for r in _pyproject_requirements() if "==" in r}
+    assert "torch" in pins and "torchvision" in pins, "pin torch and torchvision with =="
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and "make test" in ci
+    assert "make reports" in readme
