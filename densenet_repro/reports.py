@@ -348,7 +348,7 @@ def read_index(out_dir: Path) -> list[dict[str, Any]]:
 def write_index(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     """Write index.json (machine-readable) and index.html (one row per report)."""
     rows = sorted(rows, key=lambda r: r["name"])
-    (out_dir / INDEX_JSON).write_text(json.dumps({"reports": rows}, indent=1, sort_keys=True) + "\n",
+    (out_dir / INDEX_JSON).write_text(json.dumps({"reports": rows}, indent=1) + "\n",
                                       encoding="utf-8")
     (out_dir / INDEX_HTML).write_text(index_html(rows), encoding="utf-8")
 
