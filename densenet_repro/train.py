@@ -237,6 +237,22 @@ def autocast(config: RunConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """y = sum over processes of x; the gradient of a sum is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class AllReduceBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm over the global batch of all DDP processes, on any device (CPU/gloo included).
 
@@ -248,12 +264,10 @@ class AllReduceBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, C, H, W)
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         xf = x.float()
         local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_tensor([x.numel() // c])])
-        total = all_reduce(local)  # (2C + 1,): sums over all processes; gradients flow back
+        total = _AllReduceSum.apply(local)  # (2C + 1,): sums over all processes; gradients flow back
         n = total[-1]
         mean = total[:c] / n
         var = (total[c:2 * c] / n - mean * mean).clamp_min(0)  # biased, as BN normalises with
@@ -574,6 +588,8 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in model.parameters())
+    if d.world > 1 and config.sync_bn:  # before the optimizer: the conversion makes new parameters
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if dev.type == "cuda" else _convert_bn(model)
     optimizer = build_optimizer(config, model)
     scaler = torch.amp.GradScaler(dev.type, enabled=config.amp == "fp16")
 
@@ -598,10 +614,7 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
 
     step_model: nn.Module = model
     if d.world > 1:
-        if config.sync_bn:
-            step_model = (nn.SyncBatchNorm.convert_sync_batchnorm(model) if dev.type == "cuda"
-                          else _convert_bn(model))
-        step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     if config.compile:
         step_model = torch.compile(step_model)
     eval_model = torch.compile(model) if config.compile else model
