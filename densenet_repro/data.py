@@ -406,7 +406,11 @@ def load_arrays(dataset: str, source: SourceInfo, data_root: str | os.PathLike |
     return arrays
 
 
-def make_synthetic(num_classes: int = 10, n_train: int = 640, n_test: int = 320, seed: int = 0) -> Arrays:
+SYNTHETIC_SIZE = (640, 320)  # training, test images of the smoke budget's synthetic sets
+
+
+def make_synthetic(num_classes: int = 10, n_train: int = SYNTHETIC_SIZE[0], n_test: int = SYNTHETIC_SIZE[1],
+                   seed: int = 0) -> Arrays:
     """A small learnable dataset of CIFAR's shape (smoke budget): class = a smooth colour pattern.
 
     Each class has a random 4x4 colour pattern upsampled to 32x32; an image is its class pattern,
@@ -428,7 +432,7 @@ def make_synthetic(num_classes: int = 10, n_train: int = 640, n_test: int = 320,
 
     tx, ty = draw(n_train)
     vx, vy = draw(n_test)
-    return Arrays(tx, ty, vx, vy, [f"class{i}" for i in range(num_classes)], note="synthetic")
+    return Arrays(tx, ty, vx, vy, [f"class{i}" for i in range(num_classes)])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,17 @@ Table 2 has six DenseNet rows and five dataset columns (C10, C10+, C100, C100+, 
     smoke   the same two families at a toy size on synthetic data, four columns; seconds.
 
 A cell that a budget does not run carries the reason, which the notebook shows in the table.
+
+GPU check (issue 3; prepared, not run here: no GPU was lent to this task). One epoch of the
+paper's protocol for DenseNet-BC-100 k=12 on C10+ (all 50,000 images, batch 64, augmentation),
+bf16, channels_last, torch.compile; epoch 2 is the measurement (epoch 1 includes compilation):
+
+    python -m densenet_repro train --model densenet_bc100_k12 --dataset c10+ --epochs 2 --amp bf16 \
+        --channels-last --compile --device cuda --data-root ../shared/data --experiment gpu_check \
+        --out results --results ""
+
+results/gpu_check/<run>/metrics.csv then holds images/s and the epoch time per epoch, and
+summary.json the device name and `peak_gpu_memory_gib` (torch.cuda.max_memory_allocated).
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from densenet_repro.budgets import BUDGETS, check_budget
-from densenet_repro.data import DATASETS, get_spec
+from densenet_repro.data import DATASETS, SYNTHETIC_SIZE, get_spec
 from densenet_repro.train import CIFAR_DENSENETS, OneLineParser, RunConfig, build_model, read_metrics, train
 
 EXPERIMENT = "table2"
@@ -58,18 +69,21 @@ class Scale:
     num_threads: int | None = None    # torch CPU threads (does not change the numbers' meaning)
 
 
-# cpu budget, chosen from epoch times measured on this 2-core machine (one thread while other jobs
-# shared the cores; bf16 autocast + channels_last, eager): DenseNet L=22 trains at ~265 images/s
-# and evaluates at ~640/s, DenseNet-BC L=40 at ~240 and ~470/s. 5,000 training images x 8 epochs
-# plus 8 evaluations of 2,000 test images is then ~3.3 min per run, ~13 min for the 4 runs.
+# cpu budget, chosen from epoch times measured on this 2-core machine in one thread, bf16 autocast +
+# channels_last, eager, while other jobs shared the machine: one epoch of 5,000 training images
+# plus the evaluation of 2,000 test images took 30 s for DenseNet L=22 (C10, first epoch) and
+# 23 + 4.5 s for DenseNet-BC L=40 (C10+). 8 epochs are then ~4 min per run, ~15 min for the 4 runs.
+# One thread (num_threads=1): with two, any other process on the machine stalls every op
+# (measured 5-20x slower while other jobs ran); one thread keeps the wall time predictable. On a
+# machine you know to be idle, num_threads=None (both cores) should be faster.
 # Depth L=22 DenseNet (3 layers per block) and L=40 DenseNet-BC (6 layers per block) keep each
 # family's design (DenseNet: 3x3 convs, no compression, 16-map stem; DenseNet-BC: 1x1 bottleneck
 # to 4k maps, compression 0.5, 2k stem) and k=12, at about a quarter of the paper's parameters.
 CPU_ROWS = {
     "densenet40_k12": Scale(depth=22, epochs=8, train_subset=5_000, test_subset=2_000, amp="bf16",
-                            channels_last=True),
+                            channels_last=True, num_threads=1),
     "densenet_bc100_k12": Scale(depth=40, epochs=8, train_subset=5_000, test_subset=2_000, amp="bf16",
-                                channels_last=True),
+                                channels_last=True, num_threads=1),
 }
 CPU_COLUMNS = ("c10", "c10+")  # CIFAR-10 is the only dataset available offline here
 
@@ -167,8 +181,10 @@ def scaling_table(budget: str):
             "ours: depth L": s.depth or depth,
             "layers per block": f"{ours.block_config[0]} (paper {create_model(model).block_config[0]})",
             "parameters": f"{sum(p.numel() for p in ours.parameters()) / 1e6:.2f}M (paper's model {paper_params / 1e6:.2f}M)",
-            "training images": f"{s.train_subset:,} of 50,000" if s.train_subset else "all (50,000)",
-            "test images": f"{s.test_subset:,} of 10,000" if s.test_subset else "all (10,000)",
+            "training images": (f"{SYNTHETIC_SIZE[0]} synthetic (paper: 50,000)" if budget == "smoke" else
+                                f"{s.train_subset:,} of 50,000" if s.train_subset else "all (50,000)"),
+            "test images": (f"{SYNTHETIC_SIZE[1]} synthetic (paper: 10,000)" if budget == "smoke" else
+                            f"{s.test_subset:,} of 10,000" if s.test_subset else "all (10,000)"),
             "epochs": f"{cfg.epochs} (paper {spec.paper_epochs})",
             "LR 0.1 -> /10 at epoch": f"{m1 + 1} and {m2 + 1} (paper 151 and 226)",
             "precision": "fp32 (as the paper)" if s.amp == "none" else f"{s.amp} autocast (paper: fp32)",
@@ -240,7 +256,8 @@ def curves(cells: list[dict[str, Any]]):
     for c in cells:
         if "summary" in c:
             df = read_metrics(c["summary"]["run_dir"])
-            df["model"] = f"{c['label']}, L={c['depth']}"
+            depth = (c["summary"].get("model_kwargs") or {}).get("depth") or c["depth"]
+            df["model"] = f"{c['label']}, L={depth}" + (f" (paper: L={c['depth']})" if depth != c["depth"] else "")
             df["dataset"] = get_spec(c["dataset"]).title
             frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

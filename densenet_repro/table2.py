@@ -41,19 +41,18 @@ def _ours_label(c: dict[str, Any]) -> str:
 
 
 def _depth(c: dict[str, Any]) -> int:
-    import json
-    from pathlib import Path
-
-    cfg = json.loads((Path(c["summary"]["run_dir"]) / "config.json").read_text(encoding="utf-8"))
-    return int(cfg.get("model_kwargs", {}).get("depth") or c["depth"])
+    """Depth L of the model actually trained (a reduced budget scales the paper's)."""
+    return int((c["summary"].get("model_kwargs") or {}).get("depth") or c["depth"])
 
 
-def comparison_table(cells: list[dict[str, Any]], budget: str):
+def comparison_table(cells: list[dict[str, Any]], budget: str, only_run: bool = False):
     """One row per Table 2 cell: the paper's error, ours (paper's rule and best epoch), deviation."""
     import pandas as pd
 
     rows = []
     for c in cells:
+        if only_run and "summary" not in c:
+            continue
         paper = PAPER_ERRORS[c["model"]][c["dataset"]]
         row = {"Method (paper)": c["label"], "Depth": c["depth"], "Params (paper)": PAPER_PARAMS[c["model"]],
                "Dataset": get_spec(c["dataset"]).title,
@@ -90,20 +89,47 @@ def table2_matrix(cells: list[dict[str, Any]]):
     return df[["Method", "Depth", "Params"] + [get_spec(d).title for d in DATASETS]]
 
 
+def not_run(cells: list[dict[str, Any]]):
+    """Why the cells a budget does not run are not run: one line per (reason, model row)."""
+    import pandas as pd
+
+    by: dict[tuple[str, str], list[str]] = {}
+    for c in cells:
+        if "summary" not in c:
+            by.setdefault((c["reason"], f"{c['label']}, L={c['depth']}"), []).append(get_spec(c["dataset"]).title)
+    rows = [{"Reason": r, "Model (paper)": m, "Datasets": ", ".join(v)} for (r, m), v in by.items()]
+    return pd.DataFrame(sorted(rows, key=lambda row: row["Reason"]))  # stable: paper's row order within a reason
+
+
+def dataset_used(cells: list[dict[str, Any]]) -> str:
+    """The data sources the runs of a table used, as reports should name them."""
+    seen = []
+    for c in cells:
+        if "summary" in c:
+            d = c["summary"].get("data", {})
+            text = d.get("source", "?") + (f"; {d['source_note']}" if d.get("source_note") else "")
+            if text not in seen:
+                seen.append(text)
+    return " | ".join(seen) or "none (no cell run)"
+
+
 def curves_figure(curves):
     """Test error and training loss per epoch, one line per (model, dataset) (seaborn)."""
     import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
 
     from densenet_repro import plots
 
-    fig, (ax1, ax2) = plots.figure(ncols=2)
+    fig, (ax1, ax2) = plots.figure(ncols=2, width=12.5)
     if len(curves):
-        sns.lineplot(data=curves, x="epoch", y="test_err_pct", hue="model", style="dataset", marker="o", ax=ax1)
-        sns.lineplot(data=curves, x="epoch", y="train_loss", hue="model", style="dataset", marker="o", ax=ax2,
+        sns.lineplot(data=curves, x="epoch", y="test_err_pct", hue="model", style="dataset", marker="o", ax=ax1,
                      legend=False)
-        ax2.set_yscale("log")
+        sns.lineplot(data=curves, x="epoch", y="train_loss", hue="model", style="dataset", marker="o", ax=ax2)
+        sns.move_legend(ax2, "upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
     ax1.set(title="Test error", ylabel="test error (%)", xlabel="epoch")
-    ax2.set(title="Training loss", ylabel="training loss (cross-entropy, log scale)", xlabel="epoch")
+    ax2.set(title="Training loss", ylabel="training loss (cross-entropy)", xlabel="epoch")
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
 
@@ -169,15 +195,14 @@ def verdict(cells: list[dict[str, Any]], budget: str) -> str:
     return " ".join(parts)
 
 
-def headlines(cells: list[dict[str, Any]], budget: str) -> dict[str, float]:
-    """Headline numbers for the reports index: our error per run cell (and the paper's beside it)."""
-    out: dict[str, float] = {}
+def headlines(cells: list[dict[str, Any]], budget: str) -> dict[str, float | str]:
+    """Headline numbers for the reports index: our error per cell run (paper's error in the name)."""
+    out: dict[str, float | str] = {"Table 2 cells run": f"{sum('summary' in c for c in cells)}/{len(cells)}"}
     for c in cells:
         if "summary" in c:
             title = get_spec(c["dataset"]).title
-            name = f"{c['label']} L={_depth(c)} {title} error % ({budget})"
-            out[name] = round(c["summary"]["reported_test_error_pct"], 2)
             paper = PAPER_ERRORS[c["model"]][c["dataset"]]
-            if paper is not None:
-                out[f"{c['label']} L={c['depth']} {title} error % (quoted from the paper)"] = paper
+            quoted = "" if paper is None else f"; paper, quoted: {paper:.2f} at L={c['depth']}"
+            out[f"{c['label']} L={_depth(c)} {title} error % ({budget}{quoted})"] = \
+                round(c["summary"]["reported_test_error_pct"], 2)
     return out

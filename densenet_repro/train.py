@@ -502,6 +502,7 @@ def _summarise(config: RunConfig, h: str, rows: list[dict[str, Any]], extra: dic
         "experiment": config.experiment,
         "config_hash": h,
         "epochs": config.epochs,
+        "model_kwargs": config.model_kwargs,
         # The paper reports the test error at the end of training ...
         "final_test_error_pct": final["test_err_pct"],
         # ... the official code printed the lowest test error over all epochs. Both, labelled.
@@ -638,6 +639,8 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
             f"[{data.info['train']} train / {data.info['test']} test images; {source.description}], "
             f"{config.epochs} epochs, {device_name(dev)}, {d.world} process(es)")
     setup_s = time.perf_counter() - t_setup
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
 
     for epoch in range(start_epoch, config.epochs):
         lr = lr_at(config, epoch)
@@ -717,6 +720,9 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
         "params": n_params, "device": device_name(dev), "device_type": dev.type, "world_size": d.world,
         "amp": config.amp, "channels_last": config.channels_last, "compile": config.compile,
         "setup_time_s": round(setup_s, 2), "data": data.info, "python": platform.python_version(),
+        # peak memory of tensors allocated by PyTorch on the GPU during training and evaluation
+        "peak_gpu_memory_gib": (round(torch.cuda.max_memory_allocated(dev) / 2**30, 3) if dev.type == "cuda"
+                                else None),
         "torch": torch.__version__})
     if d.main:
         _atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
