@@ -86,7 +86,7 @@ def table2_matrix(cells: list[dict[str, Any]]):
         o = f"{c['summary']['reported_test_error_pct']:.2f}" if "summary" in c else "not run"
         out.setdefault(key, {})[get_spec(c["dataset"]).title] = f"{p} / {o}"
     df = pd.DataFrame([{"Method": k[0], "Depth": k[1], "Params": k[2], **v} for k, v in out.items()])
-    return df[["Method", "Depth", "Params"] + [get_spec(d).title for d in DATASETS]]
+    return df[["Method", "Depth", "Params"] + [get_spec(d).title for d in DATASETS if get_spec(d).title in df]]
 
 
 def not_run(cells: list[dict[str, Any]]):
