@@ -76,7 +76,7 @@ class Scale:
 # One thread (num_threads=1): with two, any other process on the machine stalls every op
 # (measured 5-20x slower while other jobs ran); one thread keeps the wall time predictable. On a
 # machine you know to be idle, num_threads=None (both cores) should be faster.
-# Depth L=22 DenseNet (3 layers per block) and L=40 DenseNet-BC (6 layers per block) keep each
+# Depth L=22 DenseNet (6 layers per block, paper 12) and L=40 DenseNet-BC (6 per block, paper 16) keep each
 # family's design (DenseNet: 3x3 convs, no compression, 16-map stem; DenseNet-BC: 1x1 bottleneck
 # to 4k maps, compression 0.5, 2k stem) and k=12, at about a quarter of the paper's parameters.
 CPU_ROWS = {
