@@ -1,0 +1,923 @@
+"""Speed and memory benchmark (`python -m densenet_repro bench`), and the fast path's accuracy check.
+
+    python -m densenet_repro bench [--size default|tiny] [--out results/bench] [--repeats N] [--no-compile]
+    python -m densenet_repro bench accuracy [--budget cpu|smoke] [--data-root ../shared/data]
+
+Speed (`bench`, results/bench/bench_<size>.json). Two sections, each measured in one process with
+every configuration built side by side and timed *interleaved* (one step of each configuration in
+turn, the order rotated every round), so a slow patch of a shared machine hits them all alike:
+
+  cifar     DenseNet-BC (L=100, k=12), 32x32, batch 64 -- the paper's C10+ setting. Baseline: a
+            naive implementation in torchvision's style, built from torchvision's own `_DenseBlock`
+            and `_Transition` (a list of features, `torch.cat` in every layer) with a CIFAR stem,
+            eager fp32 NCHW. Ours: eager fp32, channels_last, bf16 autocast, bf16 + channels_last,
+            memory_efficient=True (checkpointing), torch.compile (fp32, and bf16 + channels_last),
+            and the fast dense blocks (models/fast_dense.py) in fp32 and in bf16 + channels_last.
+  imagenet  DenseNet-121, 224x224, batch 16: torchvision.models.densenet121, timm's densenet121 and
+            ours, loaded with the same state_dict, each in fp32 NCHW and bf16 + channels_last; ours
+            also with the fast blocks.
+
+For each configuration: training images/s (forward + backward + SGD step; one timed step per
+round), inference images/s (eval mode, no_grad), their median and spread over the rounds, the
+median of the per-round ratios to the baseline (same round: interleaved), the achieved FLOP rate
+(the training step's FLOPs, counted by torch.utils.flop_counter, times images/s) as a fraction of
+this machine's matmul peak measured in the same run (a big torch.mm, fp32 and bf16), the
+torch.compile time (reported apart, never inside a throughput), and the peak memory of one
+training step.
+
+Peak memory is the allocator's own record: torch.profiler with profile_memory=True logs every
+allocation and free of PyTorch's CPU allocator; the peak of the running sum over one training step
+(gradients, activations, workspaces, optimizer update; model and optimizer state allocated before
+the step are not counted) is reported. The fast blocks' scratch buffers are freed before that step,
+so their allocation is counted. Memory outside PyTorch's allocator (oneDNN scratch pads, the
+Python heap) is not included, for any configuration.
+
+Equivalence (recorded with the speed results): one fp32 training step of the fast model against
+the plain model, of ours against the naive baseline, and of ours and timm's DenseNet-121 against
+torchvision's, all from identical weights: largest relative difference of the outputs and of
+the gradients.
+
+Accuracy (`bench accuracy`): the fast path changes the rounding (bf16), so its final accuracy is
+compared with fp32 on short real runs of the training engine at the notebooks' cpu budget
+(DenseNet-BC, CIFAR-10 subset, few epochs; experiments.budget_config), two seeds each; finished
+runs are copied to results/bench/accuracy-*/.
+
+`--size tiny` runs everything on toy models in seconds (tests); its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SCHEMA = 1
+DEFAULT_OUT = "results/bench"
+
+
+# ----------------------------------------------------------------------------------------------
+# What is measured
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """One way of running a model: implementation and speed knobs (nothing that changes the math)."""
+
+    name: str
+    impl: str = "ours"                 # naive | ours | torchvision | timm
+    bf16: bool = False                 # bf16 autocast (weights and optimizer stay fp32)
+    channels_last: bool = False
+    compile: bool = False              # torch.compile (inductor), compile time reported apart
+    memory_efficient: bool = False     # ours: checkpointed cat-BN-ReLU-conv (Pleiss et al.)
+    fast: bool = False                 # ours: fast dense blocks (models/fast_dense.py)
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+    @property
+    def label(self) -> str:
+        knobs = [self.precision] + (["channels_last"] if self.channels_last else []) \
+            + (["compile"] if self.compile else []) + (["memory_efficient"] if self.memory_efficient else []) \
+            + (["fast blocks"] if self.fast else [])
+        return f"{self.impl}: " + " + ".join(knobs)
+
+
+CIFAR_CONFIGS = (
+    Config("naive", impl="naive"),
+    Config("ours"),
+    Config("ours_cl", channels_last=True),
+    Config("ours_bf16", bf16=True),
+    Config("ours_bf16_cl", bf16=True, channels_last=True),
+    Config("ours_memeff", memory_efficient=True),
+    Config("ours_compile", compile=True),
+    Config("ours_compile_bf16_cl", compile=True, bf16=True, channels_last=True),
+    Config("fast", fast=True),
+    Config("fast_bf16_cl", fast=True, bf16=True, channels_last=True),
+    Config("fast_memeff_bf16_cl", fast=True, bf16=True, channels_last=True, memory_efficient=True),
+)
+IMAGENET_CONFIGS = (
+    Config("torchvision", impl="torchvision"),
+    Config("timm", impl="timm"),
+    Config("ours"),
+    Config("fast", fast=True),
+    Config("torchvision_bf16_cl", impl="torchvision", bf16=True, channels_last=True),
+    Config("timm_bf16_cl", impl="timm", bf16=True, channels_last=True),
+    Config("ours_bf16_cl", bf16=True, channels_last=True),
+    Config("fast_bf16_cl", fast=True, bf16=True, channels_last=True),
+)
+# The fast path (fastpath.settings("cpu")) and the configurations the targets compare.
+FAST_PATH = "fast_bf16_cl"
+MEMORY_EFFICIENT_MODE = "fast_memeff_bf16_cl"
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    title: str
+    net: dict[str, Any]                # kwargs of densenet_repro.DenseNet
+    image_size: int
+    batch: int
+    baseline: str
+    configs: tuple[Config, ...]
+    family: str                        # cifar (naive baseline) | imagenet (torchvision/timm)
+
+
+@dataclass(frozen=True)
+class Size:
+    sections: tuple[Section, ...]
+    rounds: int                        # timed rounds (one step of every configuration each)
+    warmup: int                        # untimed steps per configuration before the rounds
+    matmul_n: int                      # n of the n x n x n torch.mm that measures the peak
+    compile: bool = True               # run the torch.compile configurations
+
+
+BC100 = dict(depth=100, growth_rate=12, bottleneck=True, compression=0.5)
+D121 = dict(block_config=(6, 12, 24, 16), growth_rate=32, bottleneck=True, compression=0.5, stem="imagenet")
+SIZES = {
+    "default": Size(
+        sections=(
+            Section("cifar", "DenseNet-BC (L=100, k=12), CIFAR 32x32, batch 64", BC100, 32, 64, "naive",
+                    CIFAR_CONFIGS, "cifar"),
+            Section("imagenet", "DenseNet-121, ImageNet 224x224, batch 16", D121, 224, 16, "torchvision",
+                    IMAGENET_CONFIGS, "imagenet"),
+        ),
+        rounds=5, warmup=2, matmul_n=2048),
+    "tiny": Size(
+        sections=(
+            Section("cifar", "toy DenseNet-BC (L=16, k=4), 8x8, batch 4", dict(BC100, depth=16, growth_rate=4),
+                    8, 4, "naive", CIFAR_CONFIGS, "cifar"),
+            Section("imagenet", "toy DenseNet-BC (blocks 2-2, k=8), ImageNet stem, 32x32, batch 2",
+                    dict(D121, block_config=(2, 2), growth_rate=8), 32, 2, "torchvision", IMAGENET_CONFIGS,
+                    "imagenet"),
+        ),
+        rounds=2, warmup=1, matmul_n=256, compile=False),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# The naive baseline: torchvision's own dense blocks, CIFAR stem
+# ----------------------------------------------------------------------------------------------
+
+
+class NaiveDenseNet(nn.Module):
+    """A DenseNet-BC in torchvision's style for CIFAR: torchvision.models.densenet's `_DenseBlock`
+    (a list of feature maps, `torch.cat` in every layer) and `_Transition`, a 3x3 stem conv.
+
+    Same module names as ours, so our state_dict loads strictly (the same weights).
+    """
+
+    def __init__(self, depth: int, growth_rate: int, num_classes: int = 10, bottleneck: bool = True,
+                 compression: float = 0.5, **_: Any) -> None:
+        super().__init__()
+        from torchvision.models.densenet import _DenseBlock, _Transition
+
+        if not bottleneck or compression != 0.5:
+            raise ValueError("the naive baseline is a DenseNet-BC (torchvision's blocks always have a bottleneck)")
+        n = (depth - 4) // 6
+        num_features = 2 * growth_rate
+        self.features = nn.Sequential(OrderedDict(conv0=nn.Conv2d(3, num_features, 3, padding=1, bias=False)))
+        for i in range(3):
+            self.features.add_module(f"denseblock{i + 1}", _DenseBlock(n, num_features, 4, growth_rate, 0.0))
+            num_features += n * growth_rate
+            if i != 2:
+                self.features.add_module(f"transition{i + 1}", _Transition(num_features, num_features // 2))
+                num_features //= 2
+        self.features.add_module("norm5", nn.BatchNorm2d(num_features))
+        self.classifier = nn.Linear(num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.features(x))
+        return self.classifier(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def build_model(section: Section, config: Config, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """The configuration's model with the given weights, in train mode, layout applied (not compiled)."""
+    from densenet_repro import DenseNet
+
+    num_classes = 10 if section.family == "cifar" else 1000
+    if config.impl == "naive":
+        model = NaiveDenseNet(num_classes=num_classes, **section.net)
+    elif config.impl == "torchvision":
+        import torchvision
+
+        net = section.net
+        model = torchvision.models.DenseNet(growth_rate=net["growth_rate"], block_config=tuple(net["block_config"]),
+                                            num_init_features=2 * net["growth_rate"], num_classes=num_classes)
+    elif config.impl == "timm":
+        from timm.models.densenet import DenseNet as TimmDenseNet
+
+        net = section.net
+        model = TimmDenseNet(growth_rate=net["growth_rate"], block_config=tuple(net["block_config"]),
+                             num_classes=num_classes)
+    elif config.impl == "ours":
+        model = DenseNet(num_classes=num_classes, memory_efficient=config.memory_efficient, **section.net)
+    else:
+        raise ValueError(f"unknown implementation {config.impl!r}")
+    model.load_state_dict(state_dict, strict=True)
+    if config.fast:
+        from densenet_repro.models import fast_dense
+
+        fast_dense.convert(model)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.train()
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement helpers
+# ----------------------------------------------------------------------------------------------
+
+
+class Runner:
+    """A configuration ready to step: model (maybe compiled), optimizer, a fixed batch."""
+
+    def __init__(self, section: Section, config: Config, state_dict, x: torch.Tensor, y: torch.Tensor):
+        self.section, self.config = section, config
+        self.model = build_model(section, config, state_dict)
+        # The paper's optimizer: SGD, Nesterov momentum 0.9, weight decay 1e-4.
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+        self.x = x.contiguous(memory_format=torch.channels_last) if config.channels_last else x.contiguous()
+        self.y = y
+        self.step_fn = torch.compile(self.model) if config.compile else self.model
+        self.compile_s: float | None = None
+
+    def autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16)
+
+    def train_step(self) -> None:
+        with self.autocast():
+            loss = F.cross_entropy(self.step_fn(self.x).float(), self.y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def infer(self) -> None:
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                self.model(self.x)
+        finally:
+            self.model.train()
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def matmul_peak(dtype: torch.dtype, n: int, tries: int = 8) -> float:
+    """Best GFLOP/s of an n x n x n torch.mm in `dtype` (2 n^3 FLOPs), torch's current threads."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dtype)
+    b = torch.randn(n, n, generator=g).to(dtype)
+    for _ in range(2):
+        torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(tries))
+    return 2 * n ** 3 / best / 1e9
+
+
+def train_flops_per_image(section: Section, batch: int = 2) -> dict[str, float]:
+    """FLOPs of one training step (forward + backward) per image, torch.utils.flop_counter, and the
+    forward multiply-adds per image from densenet_repro.architecture.macs (the same counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from densenet_repro import DenseNet
+    from densenet_repro.architecture import macs
+
+    num_classes = 10 if section.family == "cifar" else 1000
+    torch.manual_seed(0)
+    model = DenseNet(num_classes=num_classes, **section.net).train()
+    x = torch.randn(batch, 3, section.image_size, section.image_size)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), torch.zeros(batch, dtype=torch.long)).backward()
+    fwd_macs = macs(model.eval(), image_size=section.image_size)
+    return {"train_flops_per_image": counter.get_total_flops() / batch, "forward_macs_per_image": float(fwd_macs)}
+
+
+def peak_step_memory(runner: Runner) -> int | None:
+    """Peak bytes allocated by PyTorch's CPU allocator during one training step (profiler events).
+
+    None when this torch's profiler does not expose its memory events.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from densenet_repro.models import fast_dense
+
+    fast_dense.clear_workspace()  # so that the fast blocks' scratch memory is counted
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        runner.train_step()
+    try:
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        events.sort(key=lambda e: e.start_ns())
+        live = peak = 0
+        for e in events:  # nbytes > 0: an allocation, < 0: a free
+            live += e.nbytes()
+            peak = max(peak, live)
+        return int(peak)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| (0 when both are zero)."""
+    a, b = a.detach().double(), b.detach().double()
+    scale = b.abs().max().item()
+    return (a - b).abs().max().item() / scale if scale > 0 else (a - b).abs().max().item()
+
+
+def step_outputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Output and parameter gradients of one fp32 training-mode forward/backward."""
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    F.cross_entropy(out, y).backward()
+    return out.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def equivalence(section: Section, state_dict, x, y, pairs: list[tuple[Config, Config]]) -> list[dict[str, Any]]:
+    """For each (a, b), one fp32 step from the same weights: max |out_a - out_b| / max |out_b|, and the
+    largest gradient difference over all parameters / the largest gradient."""
+    rows = []
+    for a, b in pairs:
+        out_a, g_a = step_outputs(build_model(section, a, state_dict), x, y)
+        out_b, g_b = step_outputs(build_model(section, b, state_dict), x, y)
+        if g_a.keys() != g_b.keys():
+            raise RuntimeError(f"{a.name} and {b.name} have different parameters")
+        # Gradient difference relative to the model's largest gradient: a per-tensor ratio would be
+        # dominated by rounding in tensors whose gradient nearly cancels (e.g. 1e-6 everywhere).
+        scale = max(g.abs().max().item() for g in g_b.values())
+        rows.append({"a": a.name, "b": b.name, "a_label": a.label, "b_label": b.label,
+                     "max_rel_diff_output": max_rel_diff(out_a, out_b),
+                     "max_rel_diff_grad": max((g_a[n].double() - g_b[n].double()).abs().max().item() for n in g_a) / scale,
+                     "num_params": len(g_a)})
+    return rows
+
+
+def summary_stats(values: list[float]) -> dict[str, float]:
+    vs = sorted(values)
+    return {"median": statistics.median(vs), "min": vs[0], "max": vs[-1],
+            "spread_pct": 100.0 * (vs[-1] - vs[0]) / statistics.median(vs) if statistics.median(vs) else 0.0}
+
+
+# ----------------------------------------------------------------------------------------------
+# One section
+# ----------------------------------------------------------------------------------------------
+
+
+def run_section(section: Section, size: Size, *, do_compile: bool, peaks: dict[str, float],
+                log: Callable[[str], None]) -> dict[str, Any]:
+    configs = [c for c in section.configs if do_compile or not c.compile]
+    num_classes = 10 if section.family == "cifar" else 1000
+    torch.manual_seed(0)
+    from densenet_repro import DenseNet
+
+    state_dict = DenseNet(num_classes=num_classes, **section.net).state_dict()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(section.batch, 3, section.image_size, section.image_size, generator=g)
+    y = torch.randint(0, num_classes, (section.batch,), generator=g)
+
+    flops = train_flops_per_image(section)
+    log(f"[bench] {section.name}: {section.title}; {flops['train_flops_per_image'] / 1e9:.2f} GFLOP per image "
+        f"per training step")
+
+    runners: dict[str, Runner] = {}
+    for c in configs:
+        r = runners[c.name] = Runner(section, c, state_dict, x, y)
+        first = _timed(r.train_step)  # includes compilation for compiled configurations
+        for _ in range(size.warmup - 1):
+            r.train_step()
+        if c.compile:
+            r.compile_s = max(0.0, first - _timed(r.train_step))
+        log(f"[bench]   built {c.name:22s} first step {first:7.1f} s" +
+            (f" (compile ~{r.compile_s:.0f} s)" if c.compile else ""))
+
+    def rounds(kind: str, cfgs: list[Config]) -> dict[str, list[float]]:
+        per: dict[str, list[float]] = {c.name: [] for c in cfgs}
+        for rnd in range(size.rounds):
+            order = cfgs[rnd % len(cfgs):] + cfgs[:rnd % len(cfgs)]  # rotate the order every round
+            for c in order:
+                r = runners[c.name]
+                dt = _timed(r.train_step if kind == "train" else r.infer)
+                per[c.name].append(section.batch / dt)
+            log(f"[bench]   {kind} round {rnd + 1}/{size.rounds}: " +
+                ", ".join(f"{c.name} {per[c.name][-1]:.1f}" for c in cfgs))
+        return per
+
+    train = rounds("train", configs)
+    # Inference: a compiled configuration would compile again for eval/no_grad; not measured.
+    infer_configs = [c for c in configs if not c.compile]
+    for c in infer_configs:
+        runners[c.name].infer()  # warm-up
+    infer = rounds("infer", infer_configs)
+
+    results = []
+    base = section.baseline
+    for c in configs:
+        r = runners[c.name]
+        mem = peak_step_memory(r)
+        t = train[c.name]
+        ratios = [a / b for a, b in zip(t, train[base])]
+        row: dict[str, Any] = {
+            "config": c.name, "label": c.label, **dataclasses.asdict(c),
+            "train_img_s": t, "train": summary_stats(t),
+            "train_ratio_to_baseline": summary_stats(ratios),
+            "infer_img_s": infer.get(c.name), "infer": summary_stats(infer[c.name]) if c.name in infer else None,
+            "infer_ratio_to_baseline": (summary_stats([a / b for a, b in zip(infer[c.name], infer[base])])
+                                        if c.name in infer else None),
+            "compile_s": r.compile_s,
+            "peak_step_memory_mb": None if mem is None else mem / 2**20,
+        }
+        achieved = flops["train_flops_per_image"] * row["train"]["median"] / 1e9
+        row["achieved_gflops"] = achieved
+        row["fraction_of_matmul_peak"] = achieved / peaks[c.precision]
+        results.append(row)
+        log(f"[bench]   {c.name:22s} train {row['train']['median']:7.1f} img/s "
+            f"(x{row['train_ratio_to_baseline']['median']:.2f}), peak memory "
+            f"{row['peak_step_memory_mb'] or float('nan'):.0f} MB")
+    base_mem = next(r["peak_step_memory_mb"] for r in results if r["config"] == base)
+    for row in results:
+        row["memory_ratio_to_baseline"] = (row["peak_step_memory_mb"] / base_mem
+                                           if row["peak_step_memory_mb"] and base_mem else None)
+
+    # Exactness of what is compared, from the same weights, fp32.
+    by_name = {c.name: c for c in section.configs}
+    if section.family == "cifar":
+        pairs = [(by_name["ours"], by_name["naive"]), (by_name["fast"], by_name["ours"])]
+    else:
+        pairs = [(by_name["ours"], by_name["torchvision"]), (by_name["timm"], by_name["torchvision"]),
+                 (by_name["fast"], by_name["torchvision"])]
+    equiv = equivalence(section, state_dict, x, y, pairs)
+    return {"name": section.name, "title": section.title, "net": section.net, "image_size": section.image_size,
+            "batch": section.batch, "baseline": base, **flops, "results": results, "equivalence": equiv}
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole benchmark
+# ----------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    from densenet_repro import provenance
+
+    info = provenance.hardware("cpu")
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1] for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    info["isa"] = sorted({fl for fl in flags.split() if fl.startswith(("avx512", "amx", "avx_vnni", "avx2"))})
+    info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return info
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def run(size: str = "default", *, do_compile: bool | None = None, rounds: int | None = None,
+        threads: int | None = None, log: Callable[[str], None] = print, command: str = "") -> dict[str, Any]:
+    """Run the speed benchmark and return its result (what `main` writes to JSON)."""
+    from densenet_repro import provenance
+
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}: use one of {', '.join(SIZES)}")
+    spec = SIZES[size]
+    if rounds is not None:
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        spec = dataclasses.replace(spec, rounds=rounds)
+    do_compile = spec.compile if do_compile is None else do_compile
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        t0 = time.perf_counter()
+        load_before = load_average()
+        peaks = {"fp32": matmul_peak(torch.float32, spec.matmul_n), "bf16": matmul_peak(torch.bfloat16, spec.matmul_n)}
+        log(f"[bench] matmul peak ({spec.matmul_n}^3): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
+            f"{torch.get_num_threads()} threads; load {load_before}")
+        sections = [run_section(s, spec, do_compile=do_compile, peaks=peaks, log=log) for s in spec.sections]
+        peaks_after = {"fp32": matmul_peak(torch.float32, spec.matmul_n), "bf16": matmul_peak(torch.bfloat16, spec.matmul_n)}
+        commit, dirty = provenance.git_commit()
+        return {
+            "schema": SCHEMA,
+            "size": size,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": command or f"densenet_repro.bench.run({size!r})",
+            "commit": commit, "dirty": dirty,
+            "versions": provenance.versions(),
+            "machine": machine_info(),
+            "threads": torch.get_num_threads(),
+            "load_average_before": load_before, "load_average_after": load_average(),
+            "matmul_peak_gflops": peaks, "matmul_peak_gflops_after": peaks_after, "matmul_n": spec.matmul_n,
+            "rounds": spec.rounds, "warmup": spec.warmup, "compile_measured": do_compile,
+            "fast_path": FAST_PATH, "memory_efficient_mode": MEMORY_EFFICIENT_MODE,
+            "sections": sections,
+            "wall_time_s": round(time.perf_counter() - t0, 1),
+        }
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def write_result(result: dict[str, Any], out_dir: str | os.PathLike = DEFAULT_OUT, name: str | None = None) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name or 'bench_' + result['size']}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # atomic: a crash never leaves half a result file
+    return path
+
+
+def load_result(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no benchmark result there; make it with `python -m densenet_repro bench`")
+    result = json.loads(p.read_text(encoding="utf-8"))
+    if result.get("schema") != SCHEMA:
+        raise ValueError(f"{p}: benchmark schema {result.get('schema')!r}, this code reads {SCHEMA}: rerun the benchmark")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and targets (notebook 06)
+# ----------------------------------------------------------------------------------------------
+
+
+def table(result: dict[str, Any], section: str):
+    """One row per configuration: throughput, ratios, memory, FLOP-rate fraction, compile time."""
+    import pandas as pd
+
+    sec = _section(result, section)
+    rows = []
+    for r in sec["results"]:
+        rows.append({
+            "configuration": r["label"],
+            "train img/s": r["train"]["median"],
+            "train spread %": r["train"]["spread_pct"],
+            f"train x {sec['baseline']}": r["train_ratio_to_baseline"]["median"],
+            "ratio range": f"{r['train_ratio_to_baseline']['min']:.2f}-{r['train_ratio_to_baseline']['max']:.2f}",
+            "infer img/s": r["infer"]["median"] if r["infer"] else math.nan,
+            f"infer x {sec['baseline']}": r["infer_ratio_to_baseline"]["median"] if r["infer_ratio_to_baseline"] else math.nan,
+            "peak step memory MB": r["peak_step_memory_mb"] if r["peak_step_memory_mb"] is not None else math.nan,
+            f"memory x {sec['baseline']}": r["memory_ratio_to_baseline"] if r["memory_ratio_to_baseline"] else math.nan,
+            "% of matmul peak": 100 * r["fraction_of_matmul_peak"],
+            "compile s": r["compile_s"] if r["compile_s"] is not None else math.nan,
+        })
+    return pd.DataFrame(rows).round(2)
+
+
+def _section(result: dict[str, Any], name: str) -> dict[str, Any]:
+    for s in result["sections"]:
+        if s["name"] == name:
+            return s
+    raise KeyError(f"no section {name!r} in this result (have: {[s['name'] for s in result['sections']]})")
+
+
+def _row(sec: dict[str, Any], config: str) -> dict[str, Any] | None:
+    return next((r for r in sec["results"] if r["config"] == config), None)
+
+
+def equivalence_table(result: dict[str, Any]):
+    import pandas as pd
+
+    rows = []
+    for sec in result["sections"]:
+        for e in sec["equivalence"]:
+            rows.append({"section": sec["name"], "compared": f"{e['a_label']}  vs  {e['b_label']}",
+                         "max rel. diff, output": e["max_rel_diff_output"],
+                         "max grad diff / max grad": e["max_rel_diff_grad"]})
+    return pd.DataFrame(rows)
+
+
+# Float tolerance for "equal" between implementations in fp32 (different but equivalent op orders).
+EQUIV_TOL = 1e-3
+
+
+def targets(result: dict[str, Any], accuracy: dict[str, Any] | None = None):
+    """The issue's targets, each with its measured number and whether it is met (computed here)."""
+    import pandas as pd
+
+    rows = []
+    cifar = _section(result, "cifar")
+    fast = _row(cifar, FAST_PATH)
+    rows.append({"target": "DenseNet-BC-100 training >= 3x the naive eager fp32 baseline (fast path)",
+                 "measured": f"x{fast['train_ratio_to_baseline']['median']:.2f} "
+                             f"(rounds: {fast['train_ratio_to_baseline']['min']:.2f}-{fast['train_ratio_to_baseline']['max']:.2f})",
+                 "met": fast["train_ratio_to_baseline"]["median"] >= 3.0})
+    if accuracy is not None and accuracy.get("difference_pct") is not None:
+        rows.append({"target": "... with the same final accuracy as fp32 (difference within the seed spread)",
+                     "measured": f"fast - fp32 = {accuracy['difference_pct']:+.2f} points of test error; "
+                                 f"seed spread fp32 {accuracy['spread_fp32_pct']:.2f}, fast {accuracy['spread_fast_pct']:.2f}",
+                     "met": bool(accuracy["same_within_spread"])})
+    me = _row(cifar, MEMORY_EFFICIENT_MODE)
+    if me and me["memory_ratio_to_baseline"] is not None:
+        rows.append({"target": "memory-efficient mode peak memory <= 0.5x the naive baseline's",
+                     "measured": f"x{me['memory_ratio_to_baseline']:.2f} ({me['peak_step_memory_mb']:.0f} MB vs "
+                                 f"{_row(cifar, cifar['baseline'])['peak_step_memory_mb']:.0f} MB)",
+                     "met": me["memory_ratio_to_baseline"] <= 0.5})
+        slow = 1 - me["train"]["median"] / fast["train"]["median"]
+        rows.append({"target": "memory-efficient mode at most 25% slower than the fast mode",
+                     "measured": f"{100 * slow:+.1f}% slower", "met": slow <= 0.25})
+    imn = _section(result, "imagenet")
+    for ours, tv in (("fast", "torchvision"), ("fast_bf16_cl", "torchvision_bf16_cl")):
+        a, b = _row(imn, ours), _row(imn, tv)
+        if a and b:
+            ratios = [x / y for x, y in zip(a["train_img_s"], b["train_img_s"])]
+            med = statistics.median(ratios)
+            rows.append({"target": f"DenseNet-121 training >= 1.3x torchvision's ({'bf16' if a['bf16'] else 'fp32'}"
+                                   f"{', channels_last' if a['channels_last'] else ', NCHW'})",
+                         "measured": f"x{med:.2f} (rounds: {min(ratios):.2f}-{max(ratios):.2f})", "met": med >= 1.3})
+    eq = [e for e in imn["equivalence"] if e["b"] == "torchvision"]
+    worst = max(max(e["max_rel_diff_output"], e["max_rel_diff_grad"]) for e in eq)
+    rows.append({"target": f"DenseNet-121 outputs and gradients equal to torchvision's (fp32, rel. tol. {EQUIV_TOL:g})",
+                 "measured": f"largest relative difference {worst:.1e} (ours, fast, timm vs torchvision)",
+                 "met": worst <= EQUIV_TOL})
+    return pd.DataFrame(rows)
+
+
+def headlines(result: dict[str, Any]) -> dict[str, float]:
+    cifar = _section(result, "cifar")
+    fast = _row(cifar, FAST_PATH)
+    base = _row(cifar, cifar["baseline"])
+    out = {
+        "BC-100 naive fp32 train img/s": round(base["train"]["median"], 1),
+        "BC-100 fast path train img/s": round(fast["train"]["median"], 1),
+        "BC-100 fast path x naive": round(fast["train_ratio_to_baseline"]["median"], 2),
+    }
+    me = _row(cifar, MEMORY_EFFICIENT_MODE)
+    if me and me["memory_ratio_to_baseline"]:
+        out["BC-100 memory-efficient memory x naive"] = round(me["memory_ratio_to_baseline"], 2)
+    imn = _section(result, "imagenet")
+    a, b = _row(imn, "fast_bf16_cl"), _row(imn, "torchvision_bf16_cl")
+    if a and b:
+        out["DenseNet-121 fast x torchvision (bf16, CL)"] = round(
+            statistics.median(x / y for x, y in zip(a["train_img_s"], b["train_img_s"])), 2)
+    return out
+
+
+def plot(result: dict[str, Any], section: str = "cifar", ax=None):
+    """Bar chart of training images/s per configuration, with the per-round range."""
+    import matplotlib.pyplot as plt
+
+    sec = _section(result, section)
+    rows = sec["results"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    labels = [r["label"] for r in rows]
+    med = [r["train"]["median"] for r in rows]
+    err = [[m - r["train"]["min"] for m, r in zip(med, rows)], [r["train"]["max"] - m for m, r in zip(med, rows)]]
+    colours = ["#c44e52" if r["config"] == sec["baseline"] else "#55a868" if r["config"] == FAST_PATH
+               else "#4c72b0" for r in rows]
+    ax.barh(range(len(rows)), med, xerr=err, color=colours, capsize=3)
+    ax.set_yticks(range(len(rows)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("training images/s (median over rounds; bars: min-max)")
+    ax.set_title(sec["title"])
+    base = _row(sec, sec["baseline"])["train"]["median"]
+    for i, m in enumerate(med):
+        ax.text(m, i, f"  x{m / base:.2f}", va="center", fontsize=8)
+    return ax
+
+
+def context_table(result: dict[str, Any]):
+    """Where and how the numbers were measured (machine, threads, load, peaks, versions, commit)."""
+    import pandas as pd
+
+    m, v = result["machine"], result["versions"]
+    rows = [
+        ("machine", f"{m.get('cpu')}, {m.get('cpu_cores')} cores, {m.get('memory_gib')} GiB"),
+        ("vector ISA (cpuinfo)", ", ".join(m.get("isa", [])) or "?"),
+        ("torch threads", str(result["threads"])),
+        ("load average before / after (1, 5, 15 min)", f"{result['load_average_before']} / {result['load_average_after']}"),
+        ("matmul peak GFLOP/s, fp32 / bf16 (before)", f"{result['matmul_peak_gflops']['fp32']:.0f} / "
+                                                      f"{result['matmul_peak_gflops']['bf16']:.0f}"),
+        ("matmul peak GFLOP/s, fp32 / bf16 (after)", f"{result['matmul_peak_gflops_after']['fp32']:.0f} / "
+                                                     f"{result['matmul_peak_gflops_after']['bf16']:.0f}"),
+        ("rounds x configurations (interleaved)", f"{result['rounds']} rounds, {result['warmup']} warm-up steps"),
+        ("software", ", ".join(f"{k} {val}" for k, val in v.items())),
+        ("commit", result["commit"][:12] + (" (uncommitted changes)" if result.get("dirty") else "")),
+        ("command, date, wall time", f"{result['command']}; {result['created']}; {result['wall_time_s']:.0f} s"),
+    ]
+    return pd.DataFrame(rows, columns=["", "value"])
+
+
+def result_for_budget(budget: str, path: str | os.PathLike) -> dict[str, Any]:
+    """The notebook's speed result: the committed file (cpu, paper), or a tiny run now (smoke)."""
+    from densenet_repro.budgets import check_budget
+
+    check_budget(budget)
+    if budget == "smoke":
+        return run("tiny", log=lambda s: None)
+    return load_result(path)
+
+
+def gpu_results(folder: str | os.PathLike = DEFAULT_OUT):
+    """A row per committed scripts/gpu_benchmark.py result (none until it has run on a GPU)."""
+    import pandas as pd
+
+    rows = []
+    for p in sorted(Path(folder).glob("gpu_*.json")):
+        r = json.loads(p.read_text(encoding="utf-8"))
+        for m in r["modes"]:
+            rows.append({"file": p.as_posix(), "gpu": r["gpu"], "mode": m["mode"], "epoch s": m["best_epoch_s"],
+                         "img/s": m["images_per_s"], "peak MB": m["peak_memory_mb"],
+                         "target < 10 s met": r["target_met"] and m["mode"] == r["best_mode"]})
+    return pd.DataFrame(rows, columns=["file", "gpu", "mode", "epoch s", "img/s", "peak MB", "target < 10 s met"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Accuracy of the fast path (short real runs of the training engine)
+# ----------------------------------------------------------------------------------------------
+
+ACCURACY_MODEL = "densenet_bc100_k12"  # at the budget's scale (experiments.budget_config)
+ACCURACY_DATASET = "c10+"
+ACCURACY_SEEDS = (0, 1)
+
+
+@contextlib.contextmanager
+def _engine_blocks(fast: bool):
+    """Make the training engine build plain or fast dense blocks.
+
+    Uses RunConfig.fast_blocks when the engine has it; otherwise wraps train.build_model for the
+    duration (the engine's one place where a model is made).
+    """
+    from densenet_repro import train as train_mod
+    from densenet_repro.models import fast_dense
+
+    if "fast_blocks" in {f.name for f in dataclasses.fields(train_mod.RunConfig)}:
+        yield {"fast_blocks": fast}
+        return
+    original = train_mod.build_model
+
+    def build(config, num_classes):
+        model = original(config, num_classes)
+        if fast:
+            fast_dense.convert(model)
+        return model
+
+    train_mod.build_model = build
+    try:
+        yield {}
+    finally:
+        train_mod.build_model = original
+
+
+def accuracy_configs(budget: str, data_root: str | None, device: str = "cpu",
+                     seeds: tuple[int, ...] = ACCURACY_SEEDS) -> list[tuple[str, Any]]:
+    """(variant, RunConfig) pairs: 'fp32' (plain blocks, paper precision) and 'fast' (the fast path)."""
+    from densenet_repro import experiments, fastpath
+
+    out = []
+    for variant in ("fp32", "fast"):
+        for seed in seeds:
+            cfg = experiments.budget_config(ACCURACY_MODEL, ACCURACY_DATASET, budget, seed=seed, data_root=data_root,
+                                            device=device, experiment=f"bench/accuracy-{variant}")
+            if variant == "fp32":
+                cfg = dataclasses.replace(cfg, amp="none", channels_last=False, compile=False)
+            else:
+                fp = fastpath.settings(device)
+                cfg = dataclasses.replace(cfg, amp=fp["amp"], channels_last=fp["channels_last"], compile=fp["compile"])
+            out.append((variant, cfg))
+    return out
+
+
+def run_accuracy(budget: str = "cpu", data_root: str | None = None, device: str = "cpu", *,
+                 out: str = "runs", results: str = "results", publish: bool | None = None,
+                 progress: str = "auto") -> dict[str, Any]:
+    """Train (or find) the fp32 and fast-path runs and compare their final test errors."""
+    from densenet_repro import experiments
+    from densenet_repro import train as train_mod
+
+    publish = budget != "smoke" if publish is None else publish
+    runs = []
+    for variant, cfg in accuracy_configs(budget, data_root, device):
+        with _engine_blocks(variant == "fast") as extra:
+            cfg = dataclasses.replace(cfg, out=out, results=results, progress=progress, resume=True, **extra)
+            summary = train_mod.train(cfg)
+        if publish:
+            summary["run_dir"] = experiments.publish(summary, results).as_posix()
+        runs.append({"variant": variant, "seed": cfg.seed, "final_test_error_pct": summary["final_test_error_pct"],
+                     "train_images_per_s": summary.get("train_images_per_s"), "run_dir": summary.get("run_dir"),
+                     "amp": cfg.amp, "channels_last": cfg.channels_last, "fast_blocks": variant == "fast",
+                     "epochs": summary.get("epochs"), "model_kwargs": summary.get("model_kwargs")})
+    return compare_accuracy(runs, budget)
+
+
+def compare_accuracy(runs: list[dict[str, Any]], budget: str) -> dict[str, Any]:
+    """Mean final test error per variant, their difference, and the seed spread (max - min)."""
+    err = {v: [r["final_test_error_pct"] for r in runs if r["variant"] == v] for v in ("fp32", "fast")}
+    mean = {v: statistics.mean(e) for v, e in err.items()}
+    spread = {v: max(e) - min(e) for v, e in err.items()}
+    diff = mean["fast"] - mean["fp32"]
+    # "Same": the difference of the means is no larger than the larger seed spread (with only two
+    # seeds a looser statement than a test would need; the numbers are shown beside it).
+    same = abs(diff) <= max(spread.values())
+    speed = {v: statistics.median(r["train_images_per_s"] for r in runs if r["variant"] == v and r["train_images_per_s"])
+             for v in ("fp32", "fast") if any(r["train_images_per_s"] for r in runs if r["variant"] == v)}
+    return {"budget": budget, "runs": runs, "mean_error_pct": mean, "difference_pct": diff,
+            "spread_fp32_pct": spread["fp32"], "spread_fast_pct": spread["fast"], "same_within_spread": same,
+            "engine_train_images_per_s": speed}
+
+
+def accuracy_for_budget(budget: str, data_root: str | None, device: str = "cpu") -> dict[str, Any]:
+    """The notebook's accuracy comparison: smoke trains toy runs now; cpu finds the committed runs
+    (results/bench/accuracy-*) or trains them (about 20 minutes on 2 cores)."""
+    from densenet_repro.budgets import check_budget
+
+    check_budget(budget)
+    if budget == "paper":
+        raise ValueError("the accuracy check has smoke and cpu budgets (a paper-protocol comparison is two "
+                         "300-epoch runs per variant): use budget='cpu'")
+    return run_accuracy(budget, data_root, device, progress="none")
+
+
+def accuracy_table(acc: dict[str, Any]):
+    import pandas as pd
+
+    df = pd.DataFrame(acc["runs"])[["variant", "seed", "final_test_error_pct", "train_images_per_s", "amp",
+                                   "channels_last", "fast_blocks"]]
+    return df.rename(columns={"final_test_error_pct": "final test error %", "train_images_per_s": "train img/s"})
+
+
+def accuracy_files(acc: dict[str, Any]) -> list[str]:
+    files = []
+    for r in acc["runs"]:
+        if r.get("run_dir"):
+            for name in ("summary.json", "metrics.csv"):
+                p = Path(r["run_dir"]) / name
+                if p.is_file():
+                    files.append(p.as_posix())
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, says what is valid
+        self.exit(2, f"error: {message} (see `python -m densenet_repro bench --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m densenet_repro bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("what", nargs="?", default="speed", choices=("speed", "accuracy"),
+                   help="speed (default): the throughput/memory benchmark; accuracy: fp32 vs fast path runs")
+    p.add_argument("--size", default="default", choices=tuple(SIZES), help="speed: model sizes (tiny: toy, seconds)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"speed: folder of the result JSON (default {DEFAULT_OUT})")
+    p.add_argument("--name", default=None, help="speed: file name without .json (default bench_<size>)")
+    p.add_argument("--rounds", type=int, default=None, help="speed: timed rounds (default: the size's)")
+    p.add_argument("--threads", type=int, default=None, help="speed: torch CPU threads (default: torch's)")
+    p.add_argument("--no-compile", action="store_true", help="speed: skip the torch.compile configurations")
+    p.add_argument("--budget", default="cpu", choices=("smoke", "cpu"), help="accuracy: run size (default cpu)")
+    p.add_argument("--data-root", default=None, help="accuracy: dataset folder (default: the engine's)")
+    p.add_argument("--device", default="cpu", help="accuracy: device (default cpu)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.what == "accuracy":
+            acc = run_accuracy(args.budget, args.data_root, args.device)
+            print(accuracy_table(acc).to_string(index=False))
+            print(f"fast - fp32 mean final test error: {acc['difference_pct']:+.2f} points; seed spread "
+                  f"fp32 {acc['spread_fp32_pct']:.2f}, fast {acc['spread_fast_pct']:.2f}; "
+                  f"same within spread: {acc['same_within_spread']}")
+            return 0
+        result = run(args.size, do_compile=False if args.no_compile else None, rounds=args.rounds,
+                     threads=args.threads, command=" ".join(["python -m densenet_repro bench", *(argv or [])]))
+        path = write_result(result, args.out, args.name)
+        print(f"[bench] wrote {path} ({result['wall_time_s']:.0f} s)")
+        return 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

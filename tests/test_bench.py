@@ -1,0 +1,164 @@
+"""The benchmark runs (tiny size only: the benchmark itself never runs in the test suite), writes a
+result the notebook can read, and computes its tables and targets from the numbers; the accuracy
+check runs end to end at the smoke budget; the GPU script runs a CPU dry run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from densenet_repro import DenseNet, bench, fastpath
+from densenet_repro.models import fast_dense
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert bench.main(["--size", "tiny", "--out", str(out), "--name", "t"]) == 0
+    return bench.load_result(out / "t.json")
+
+
+def test_tiny_result_has_every_configuration(tiny_result):
+    sections = {s["name"]: s for s in tiny_result["sections"]}
+    assert set(sections) == {"cifar", "imagenet"}
+    for name, configs in (("cifar", bench.CIFAR_CONFIGS), ("imagenet", bench.IMAGENET_CONFIGS)):
+        sec = sections[name]
+        got = {r["config"] for r in sec["results"]}
+        assert got == {c.name for c in configs if not c.compile}  # tiny skips torch.compile
+        base = next(r for r in sec["results"] if r["config"] == sec["baseline"])
+        assert base["train_ratio_to_baseline"]["median"] == pytest.approx(1.0)
+        for r in sec["results"]:
+            assert len(r["train_img_s"]) == tiny_result["rounds"] and min(r["train_img_s"]) > 0
+            assert r["infer"]["median"] > 0 and r["peak_step_memory_mb"] is not None
+            assert 0 < r["fraction_of_matmul_peak"]
+        assert sec["train_flops_per_image"] > 0
+    assert tiny_result["matmul_peak_gflops"]["fp32"] > 0 and tiny_result["matmul_peak_gflops"]["bf16"] > 0
+    assert tiny_result["versions"]["torch"] == torch.__version__
+
+
+def test_tiny_result_equivalences_hold(tiny_result):
+    """ours = naive (torchvision's blocks), fast = plain, ours = timm = torchvision, from the same weights."""
+    for sec in tiny_result["sections"]:
+        for e in sec["equivalence"]:
+            assert e["max_rel_diff_output"] < 1e-4 and e["max_rel_diff_grad"] < 1e-3, e
+
+
+def test_tables_targets_plot(tiny_result):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    t = bench.table(tiny_result, "cifar")
+    assert len(t) == len(tiny_result["sections"][0]["results"])
+    targets = bench.targets(tiny_result)
+    assert targets["met"].map(lambda v: isinstance(v, bool)).all()
+    assert any("3x" in t for t in targets["target"]) and any("1.3x" in t for t in targets["target"])
+    assert bench.equivalence_table(tiny_result)["max rel. diff, output"].max() < 1e-4
+    assert set(bench.headlines(tiny_result)) >= {"BC-100 fast path x naive"}
+    assert bench.plot(tiny_result, "imagenet") is not None
+    assert len(bench.context_table(tiny_result)) > 5
+
+
+def test_peak_memory_fast_blocks_below_naive():
+    """The profiler-based peak sees the fast blocks' memory saving (quadratic -> linear in depth)."""
+    sec = bench.Section("m", "m", dict(depth=40, growth_rate=12, bottleneck=True, compression=0.5), 16, 8,
+                        "naive", bench.CIFAR_CONFIGS, "cifar")
+    torch.manual_seed(0)
+    sd = DenseNet(num_classes=10, **sec.net).state_dict()
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    cfg = {c.name: c for c in sec.configs}
+    mem = {}
+    for name in ("naive", "fast"):
+        r = bench.Runner(sec, cfg[name], sd, x, y)
+        r.train_step()
+        mem[name] = bench.peak_step_memory(r)
+    assert 0 < mem["fast"] < 0.7 * mem["naive"], mem
+
+
+def test_bad_arguments_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--size", "huge"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert bench.main(["--size", "tiny", "--rounds", "0", "--out", str(tmp_path)]) == 2
+    assert "rounds must be >= 1" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="python -m densenet_repro bench"):
+        bench.load_result(tmp_path / "missing.json")
+    (tmp_path / "old.json").write_text(json.dumps({"schema": -1}))
+    with pytest.raises(ValueError, match="rerun the benchmark"):
+        bench.load_result(tmp_path / "old.json")
+
+
+def test_naive_baseline_is_torchvisions_blocks():
+    from torchvision.models.densenet import _DenseBlock as TVBlock
+
+    net = dict(depth=16, growth_rate=4, bottleneck=True, compression=0.5)
+    torch.manual_seed(0)
+    ours = DenseNet(num_classes=10, **net)
+    naive = bench.NaiveDenseNet(num_classes=10, **net)
+    naive.load_state_dict(ours.state_dict(), strict=True)
+    assert isinstance(naive.features.denseblock1, TVBlock)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(naive.eval()(x), ours.eval()(x))
+
+
+def test_compare_accuracy_arithmetic():
+    runs = [{"variant": "fp32", "final_test_error_pct": 30.0, "train_images_per_s": 100},
+            {"variant": "fp32", "final_test_error_pct": 32.0, "train_images_per_s": 110},
+            {"variant": "fast", "final_test_error_pct": 31.5, "train_images_per_s": 300},
+            {"variant": "fast", "final_test_error_pct": 34.5, "train_images_per_s": 310}]
+    acc = bench.compare_accuracy(runs, "cpu")
+    assert acc["difference_pct"] == pytest.approx(2.0)
+    assert acc["spread_fp32_pct"] == pytest.approx(2.0) and acc["spread_fast_pct"] == pytest.approx(3.0)
+    assert acc["same_within_spread"]
+    runs[3]["final_test_error_pct"] = 40.0
+    assert not bench.compare_accuracy(runs[:2] + [dict(runs[2], final_test_error_pct=39.0), runs[3]], "cpu")["same_within_spread"]
+
+
+def test_engine_builds_fast_blocks_only_inside_the_context():
+    import dataclasses
+
+    from densenet_repro import train
+
+    cfg = train.RunConfig(model="densenet_bc100_k12", model_kwargs={"depth": 16})
+    with bench._engine_blocks(True) as extra:
+        model = train.build_model(dataclasses.replace(cfg, **extra), 10)
+    if not extra:  # the engine has no fast_blocks knob yet: build_model is wrapped inside the context
+        assert fast_dense.is_fast(model)
+    assert not fast_dense.is_fast(train.build_model(cfg, 10))
+
+
+def test_fastpath_settings_and_apply():
+    assert fastpath.settings("cpu") == {"amp": "bf16", "channels_last": True, "compile": False, "fast_blocks": True}
+    with pytest.raises(ValueError, match="no fast path"):
+        fastpath.settings("meta")
+    model = DenseNet(depth=16, growth_rate=4, bottleneck=True, compression=0.5)
+    assert fast_dense.is_fast(fastpath.apply(model, "cpu"))
+    plain = DenseNet(depth=16, growth_rate=4, bottleneck=True, compression=0.5)
+    assert not fast_dense.is_fast(fastpath.apply(plain, "cpu", distributed=True))  # sync BN needs plain blocks
+    resnet = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1))
+    assert fastpath.apply(resnet, "cpu") is resnet
+
+
+def test_accuracy_check_smoke(tmp_path):
+    acc = bench.run_accuracy("smoke", None, "cpu", out=str(tmp_path / "runs"), results=str(tmp_path / "results"),
+                             progress="none")
+    assert [r["variant"] for r in acc["runs"]] == ["fp32", "fp32", "fast", "fast"]
+    assert [r["fast_blocks"] for r in acc["runs"]] == [False, False, True, True]
+    assert all(0 <= r["final_test_error_pct"] <= 100 for r in acc["runs"])
+    assert set(bench.accuracy_table(acc).columns) >= {"variant", "final test error %"}
+
+
+def test_gpu_script_cpu_dry_run(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_benchmark.py"), "--device", "cpu",
+                           "--source", "synthetic", "--train-subset", "64", "--modes", "eager_bf16_cl",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["modes"][0]["images"] == 64 and r["target_met"] is False and r["full_epoch"] is False
