@@ -313,6 +313,24 @@ def train_flops_per_image(section: Section, batch: int = 2) -> dict[str, float]:
     return {"train_flops_per_image": counter.get_total_flops() / batch, "forward_macs_per_image": float(fwd_macs)}
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence file descriptor 2 (the profiler's C++ start/stop chatter) for the duration."""
+    try:
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):  # no real fd 2 (some embedded interpreters): leave it alone
+        yield
+        return
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_step_memory(runner: Runner) -> int | None:
     """Peak bytes allocated by PyTorch's CPU allocator during one training step (profiler events).
 
@@ -323,7 +341,7 @@ def peak_step_memory(runner: Runner) -> int | None:
     from densenet_repro.models import fast_dense
 
     fast_dense.clear_workspace()  # so that the fast blocks' scratch memory is counted
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         runner.train_step()
     try:
         events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
@@ -658,11 +676,12 @@ def targets(result: dict[str, Any], accuracy: dict[str, Any] | None = None):
     return pd.DataFrame(rows)
 
 
-def headlines(result: dict[str, Any]) -> dict[str, float]:
+def headlines(result: dict[str, Any], accuracy: dict[str, Any] | None = None, verdicts=None) -> dict[str, Any]:
+    """Headline numbers for the reports index (all computed from the result / the runs)."""
     cifar = _section(result, "cifar")
     fast = _row(cifar, FAST_PATH)
     base = _row(cifar, cifar["baseline"])
-    out = {
+    out: dict[str, Any] = {
         "BC-100 naive fp32 train img/s": round(base["train"]["median"], 1),
         "BC-100 fast path train img/s": round(fast["train"]["median"], 1),
         "BC-100 fast path x naive": round(fast["train_ratio_to_baseline"]["median"], 2),
@@ -675,7 +694,26 @@ def headlines(result: dict[str, Any]) -> dict[str, float]:
     if a and b:
         out["DenseNet-121 fast x torchvision (bf16, CL)"] = round(
             statistics.median(x / y for x, y in zip(a["train_img_s"], b["train_img_s"])), 2)
+    if accuracy is not None:
+        out["fast - fp32 final test error (points)"] = round(accuracy["difference_pct"], 2)
+    if verdicts is not None:
+        out["targets met"] = f"{int(verdicts['met'].sum())}/{len(verdicts)}"
     return out
+
+
+def accuracy_dataset(accuracy: dict[str, Any]) -> str:
+    """The data the accuracy runs used, as the training engine described it."""
+    for r in accuracy["runs"]:
+        cfg = Path(r["run_dir"] or "") / "config.json"
+        if cfg.is_file():
+            return json.loads(cfg.read_text(encoding="utf-8")).get("data_source", "?")
+    return "?"
+
+
+def files_read(budget: str, result_file: str, accuracy: dict[str, Any] | None) -> list[str]:
+    """The committed result files the notebook read (none of the speed file at the smoke budget)."""
+    files = [] if budget == "smoke" else [str(result_file)]
+    return files + (accuracy_files(accuracy) if accuracy and budget != "smoke" else [])
 
 
 def plot(result: dict[str, Any], section: str = "cifar", ax=None):

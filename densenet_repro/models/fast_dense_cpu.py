@@ -384,6 +384,11 @@ FUNCTIONS = ["affine_relu", "relu_bwd", "col_stats", "lincomb", "has_avx512"]
 @functools.lru_cache(maxsize=None)
 def load():
     """Compile (first call, ~20 s) or load (cached) the extension; returns the module."""
+    import logging
+
+    quiet = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found": irrelevant here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         from torch.utils.cpp_extension import load_inline
 
@@ -393,3 +398,5 @@ def load():
         raise RuntimeError(f"could not build the fast dense block's CPU kernels ({type(e).__name__}: "
                            f"{str(e).strip().splitlines()[-1] if str(e).strip() else e}); install a C++ "
                            f"compiler (g++) and ninja, or pass fast=False / kernels='torch'") from e
+    finally:
+        quiet.setLevel(level)
