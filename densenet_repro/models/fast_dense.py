@@ -26,7 +26,10 @@ gradient slice per (consumer, feature map) pair.
   dbeta_l, dgamma_l), and each feature map gets its gradient from D once (kernel `lincomb`);
 - z is recomputed in the backward pass instead of stored (one cheap element-wise pass, no conv), so
   activation memory is linear in depth, as in the memory-efficient implementation of Pleiss et al.
-  (2017), without its recomputed convolutions.
+  (2017), without its recomputed convolutions. Per layer only the bottleneck conv's output (4k maps)
+  is kept for the backward pass; the block keeps X and the per-channel statistics.
+- the bottleneck's BN2-ReLU (on the 4k maps) uses the same kernels: statistics, one fused
+  forward pass, one fused backward pass plus one for the input gradient.
 
 Same parameters, buffers and state_dict keys as `_DenseBlock` (a FastDenseBlock *is* a _DenseBlock
 with another forward); the outputs, the gradients and the running statistics equal the plain
@@ -51,7 +54,6 @@ from torch import Tensor, nn
 from densenet_repro.models.densenet import _DenseBlock
 
 KERNELS = ("auto", "cpp", "torch")
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,26 +219,29 @@ class _FastBlockFn(torch.autograd.Function):
             s1, t1 = _scale_shift(layer.norm1, mean[:c], var[:c], vdt)
             z = _workspace("z", m, c, X)
             kern.affine_relu(X[:, :c], z, s1, t1)  # BN1-ReLU of [x_0..x_i]: (N*H*W, c)
-            y = F.conv2d(_face(z, n, h, w), layer.conv1.weight.to(cdt), None, 1, layer.conv1.padding)
-            mask1 = mask2 = y1 = stats2 = None
+            w1 = layer.conv1.weight.to(cdt)  # what autocast would feed the conv
+            y = F.conv2d(_face(z, n, h, w), w1, None, 1, layer.conv1.padding)
+            mask1 = mask2 = y1 = stats2 = w2 = None
             if layer.drop_rate > 0:
                 mask1 = _dropout_mask(y, layer.drop_rate, plain_format)
                 y = y * mask1
             if layer.bottleneck:  # BN2-ReLU-conv3x3 on the 4k maps y1
                 y1 = _cl(y)
                 y1r = _rows(y1)
-                stats2 = kern.col_stats(y1r)
-                _update_running(layer.norm2, *stats2, m)
-                s2, t2 = _scale_shift(layer.norm2, *stats2, vdt)
+                mean2, var2 = kern.col_stats(y1r)
+                _update_running(layer.norm2, mean2, var2, m)
+                s2, t2 = _scale_shift(layer.norm2, mean2, var2, vdt)
+                stats2 = (mean2, var2, s2, t2)
                 z = _workspace("z", m, y1.shape[1], X)
                 kern.affine_relu(y1r, z, s2, t2)
-                y = F.conv2d(_face(z, n, h, w), layer.conv2.weight.to(cdt), None, 1, layer.conv2.padding)
+                w2 = layer.conv2.weight.to(cdt)
+                y = F.conv2d(_face(z, n, h, w), w2, None, 1, layer.conv2.padding)
                 if layer.drop_rate > 0:
                     mask2 = _dropout_mask(y, layer.drop_rate, plain_format)
                     y = y * mask2
             X4[:, c:c + k].copy_(y)  # x_{i+1}: (N, k, H, W)
             mean[c:c + k], var[c:c + k] = kern.col_stats(X[:, c:c + k])
-            saved.append((y1, stats2, mask1, mask2))
+            saved.append((y1, stats2, mask1, mask2, s1, t1, w1, w2))
         ctx.block, ctx.kern, ctx.cdt, ctx.x0_dtype = block, kern, cdt, x0.dtype
         ctx.layer_saved = saved
         ctx.shape = (n, k0, h, w, k, ct)
@@ -274,7 +279,7 @@ class _FastBlockFn(torch.autograd.Function):
         for i in range(len(layers) - 1, -1, -1):
             layer = layers[i]
             c = k0 + i * k
-            y1, stats2, mask1, mask2 = ctx.layer_saved[i]
+            y1, stats2, mask1, mask2, s1, t1, w1, w2 = ctx.layer_saved[i]
             # dL/dx_{i+1}: from the block output and from the BN1 of every later layer
             g = _workspace("g", m, k, X)
             bn_input_grad(gX[:, c:c + k], D[:, c:c + k], X[:, c:c + k], g, invstd[c:c + k], mean[c:c + k],
@@ -286,25 +291,24 @@ class _FastBlockFn(torch.autograd.Function):
             if layer.bottleneck:
                 n2 = layer.norm2
                 y1r = _rows(y1)
-                s2, t2 = _scale_shift(n2, *stats2, vdt)
+                mean2, var2, s2, t2 = stats2
                 z = _workspace("z", m, y1.shape[1], X)
                 kern.affine_relu(y1r, z, s2, t2)  # recomputed BN2-ReLU
-                dz2, dw2 = _conv_bwd(g, _face(z, n, h, w), layer.conv2.weight.to(cdt), layer.conv2.padding)
+                dz2, dw2 = _conv_bwd(g, _face(z, n, h, w), w2, layer.conv2.padding)
                 gamma2 = n2.weight.detach().to(vdt).contiguous()
                 d2 = _workspace("D2", m, y1.shape[1], X)
-                s_dy, s_dyx = kern.relu_bwd(_rows(_cl(dz2)), y1r, d2, s2, t2, stats2[0].to(vdt), gamma2, False)
-                iv2 = (stats2[1] + n2.eps).rsqrt()
+                s_dy, s_dyx = kern.relu_bwd(_rows(_cl(dz2)), y1r, d2, s2, t2, mean2.to(vdt), gamma2, False)
+                iv2 = (var2 + n2.eps).rsqrt()
                 db2, dg2 = s_dy, s_dyx * iv2
                 g = torch.empty_like(y1)
-                bn_input_grad(None, d2, y1r, _rows(g), iv2, stats2[0], gamma2.double() * db2, gamma2.double() * dg2)
+                bn_input_grad(None, d2, y1r, _rows(g), iv2, mean2, gamma2.double() * db2, gamma2.double() * dg2)
                 layer_grads = [dg2.to(n2.weight.dtype), db2.to(n2.bias.dtype), dw2.to(layer.conv2.weight.dtype)]
             if mask1 is not None:
                 g = g * mask1
             n1 = layer.norm1
-            s1, t1 = _scale_shift(n1, mean[:c], var[:c], vdt)
             z = _workspace("z", m, c, X)
             kern.affine_relu(X[:, :c], z, s1, t1)  # recomputed BN1-ReLU
-            dz1, dw1 = _conv_bwd(_cl(g), _face(z, n, h, w), layer.conv1.weight.to(cdt), layer.conv1.padding)
+            dz1, dw1 = _conv_bwd(_cl(g), _face(z, n, h, w), w1, layer.conv1.padding)
             gamma1 = n1.weight.detach().to(vdt).contiguous()
             s_dy, s_dyx = kern.relu_bwd(_rows(_cl(dz1)), X[:, :c], D[:, :c], s1, t1, mean_v[:c], gamma1, True)
             db1, dg1 = s_dy, s_dyx * invstd[:c]
