@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from densenet_repro import DenseNet
 from densenet_repro.models import fast_dense
-from densenet_repro.models.densenet import _DenseBlock
+from densenet_repro.models.densenet import _DenseBlock, _Transition
 
 # Small nets of every kind the block supports (CIFAR stem: 8x8 inputs keep every stage non-empty).
 NETS = {
@@ -65,17 +65,26 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("kind", NETS)
-def test_float64_equal_to_plain(kind):
+def test_float64_equal_to_plain(kind, channels_last):
     plain = make(kind)
     fast = fast_dense.convert(copy.deepcopy(plain), kernels="torch")
     x, y = batch(kind)
+    if channels_last:  # then the transitions take the block's statistics (FastTransition)
+        plain, fast = plain.to(memory_format=torch.channels_last), fast.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        shared = []
+        fast.features.transition1.register_forward_pre_hook(
+            lambda mod, args: shared.append(hasattr(args[0], "_fast_dense_stats")))
     for step in range(2):  # twice: running statistics and num_batches_tracked keep matching
         ref = train_step(plain, x, y, seed=step)
         got = train_step(fast, x, y, seed=step)
         assert ref.keys() == got.keys()
         for name in ref:
             assert rel_err(got[name], ref[name]) < 1e-10, name
+    if channels_last:
+        assert shared == [True, True]
 
 
 def test_same_parameters_state_dict_and_back():
@@ -88,9 +97,11 @@ def test_same_parameters_state_dict_and_back():
     assert list(model.state_dict()) == keys
     plain = make("bc", torch.float32)
     plain.load_state_dict(model.state_dict(), strict=True)  # checkpoints load either way
+    assert type(model.features.transition1) is fast_dense.FastTransition
     fast_dense.convert(model, fast=False)
     assert not fast_dense.is_fast(model)
     assert all(type(m) is _DenseBlock for m in model.modules() if isinstance(m, _DenseBlock))
+    assert type(model.features.transition1) is _Transition
 
 
 def _strided(rows: int, total: int, c: int, dtype, seed: int) -> torch.Tensor:
@@ -132,12 +143,16 @@ def test_cpp_kernels_equal_reference(dtype, c):
         torch.testing.assert_close(o1, o2, **tol)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("kind", ["bc", "plain", "imagenet"])
-def test_float32_cpp_within_rounding(kind):
+def test_float32_cpp_within_rounding(kind, channels_last):
     """float32 with the C++ kernels against a float64 reference: float32 rounding, nothing more."""
     x, y = batch(kind, torch.float32)
     ref = train_step(make(kind), x.double(), y)
-    got = train_step(fast_dense.convert(make(kind, torch.float32)), x, y)
+    fast = fast_dense.convert(make(kind, torch.float32))
+    if channels_last:
+        fast, x = fast.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    got = train_step(fast, x, y)
     for name in ref:
         if name.endswith("num_batches_tracked"):
             assert torch.equal(got[name], ref[name])
@@ -146,12 +161,18 @@ def test_float32_cpp_within_rounding(kind):
             assert rel_err(got[name], ref[name]) < 1e-3, name
 
 
-def test_bf16_autocast_no_worse_than_plain():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bf16_autocast_no_worse_than_plain(channels_last):
     """Under bf16 autocast, the fast block's error (against float64) is the plain block's, give or take."""
     x, y = batch("bc", torch.float32, n=8)
     ref = train_step(make("bc"), x.double(), y)
-    plain = train_step(make("bc", torch.float32), x, y, autocast=True)
-    fast = train_step(fast_dense.convert(make("bc", torch.float32)), x, y, autocast=True)
+    plain_model, fast_model = make("bc", torch.float32), fast_dense.convert(make("bc", torch.float32))
+    if channels_last:
+        plain_model = plain_model.to(memory_format=torch.channels_last)
+        fast_model = fast_model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    plain = train_step(plain_model, x, y, autocast=True)
+    fast = train_step(fast_model, x, y, autocast=True)
     worst_plain = max(rel_err(plain[n], ref[n]) for n in ref if n.endswith(".grad") or n == "out")
     worst_fast = max(rel_err(fast[n], ref[n]) for n in ref if n.endswith(".grad") or n == "out")
     assert worst_fast < 2 * worst_plain + 1e-3, (worst_fast, worst_plain)

@@ -31,13 +31,18 @@ gradient slice per (consumer, feature map) pair.
 - the bottleneck's BN2-ReLU (on the 4k maps) uses the same kernels: statistics, one fused
   forward pass, one fused backward pass plus one for the input gradient.
 
+- the transition after a block normalises the block's output, whose batch statistics the block has
+  already computed: `FastTransition` takes them with the output (channels-last models) and does its
+  BN-ReLU in one fused pass (backward: two), instead of BatchNorm's statistics pass, normalisation
+  pass and a separate ReLU.
+
 Same parameters, buffers and state_dict keys as `_DenseBlock` (a FastDenseBlock *is* a _DenseBlock
 with another forward); the outputs, the gradients and the running statistics equal the plain
 block's within float rounding (tests/test_fast_dense.py). Dropout is supported and draws its masks
 in the plain block's order, so a seeded run matches too.
 
-Use:  `convert(model)` switches every dense block of a DenseNet to the fast forward, in place
-      (`convert(model, fast=False)` switches back); nothing else changes.
+Use:  `convert(model)` switches every dense block (and transition) of a DenseNet to the fast
+      forward, in place (`convert(model, fast=False)` switches back); nothing else changes.
 
 Kernels: on CPU the fused passes are C++ (fast_dense_cpu.py, built on first use); on any other
 device, or with `kernels="torch"`, they are plain PyTorch ops (same math, for CUDA and for tests).
@@ -51,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from densenet_repro.models.densenet import _DenseBlock
+from densenet_repro.models.densenet import _DenseBlock, _Transition
 
 KERNELS = ("auto", "cpp", "torch")
 
@@ -246,6 +251,7 @@ class _FastBlockFn(torch.autograd.Function):
         ctx.layer_saved = saved
         ctx.shape = (n, k0, h, w, k, ct)
         ctx.save_for_backward(X, mean, var)
+        block._last_stats = (mean, var)  # handed to the next transition with the output (see FastTransition)
         return X4
 
     @staticmethod
@@ -300,7 +306,7 @@ class _FastBlockFn(torch.autograd.Function):
                 s_dy, s_dyx = kern.relu_bwd(_rows(_cl(dz2)), y1r, d2, s2, t2, mean2.to(vdt), gamma2, False)
                 iv2 = (var2 + n2.eps).rsqrt()
                 db2, dg2 = s_dy, s_dyx * iv2
-                g = torch.empty_like(y1)
+                g = _face(_workspace("g1", m, y1.shape[1], X), n, h, w)  # dL/dy1, (N, 4k, H, W)
                 bn_input_grad(None, d2, y1r, _rows(g), iv2, mean2, gamma2.double() * db2, gamma2.double() * dg2)
                 layer_grads = [dg2.to(n2.weight.dtype), db2.to(n2.bias.dtype), dw2.to(layer.conv2.weight.dtype)]
             if mask1 is not None:
@@ -340,6 +346,7 @@ class FastDenseBlock(_DenseBlock):
     """
 
     fast_kernels = "auto"  # "auto" (C++ on CPU, torch elsewhere), "cpp" or "torch"
+    _last_stats: tuple[Tensor, Tensor] | None = None  # set by the forward pass, handed on with the output
 
     @property
     def growth_rate(self) -> int:
@@ -378,9 +385,13 @@ class FastDenseBlock(_DenseBlock):
                 params += [layer.norm2.weight, layer.norm2.bias, layer.conv2.weight]
         with torch.autocast(x.device.type, enabled=False):
             out = _FastBlockFn.apply(self, kern, cdt, x, *params)  # channels-last
+        stats, self._last_stats = self._last_stats, None
         # Hand back the layout the plain block would (what follows, e.g. a transition's dropout
         # noise, depends on it); channels-last models pay nothing, NCHW ones one copy.
-        return out if _is_channels_last(x) else out.contiguous()
+        if not _is_channels_last(x):
+            return out.contiguous()
+        out._fast_dense_stats = stats  # the batch statistics of every output channel, for a FastTransition
+        return out
 
     @torch.no_grad()
     def _inference(self, x: Tensor) -> Tensor:
@@ -414,6 +425,69 @@ class FastDenseBlock(_DenseBlock):
         return X4 if _is_channels_last(x) else X4.contiguous()
 
 
+class _SharedStatsBNReLU(torch.autograd.Function):
+    """relu(BN(x)) in training mode, for an x whose batch statistics are already known (a fast
+    block's output): one fused pass forward, two backward (the full BN backward, statistics included)."""
+
+    @staticmethod
+    def forward(ctx, x4: Tensor, weight: Tensor, bias: Tensor, bn: nn.BatchNorm2d, kern, mean: Tensor,
+                var: Tensor) -> Tensor:
+        n, c, h, w = x4.shape
+        m = n * h * w
+        vdt = _vec_dtype(x4.dtype)
+        _update_running(bn, mean, var, m)
+        s, t = _scale_shift(bn, mean, var, vdt)
+        z = _empty_cl(n, c, h, w, x4)
+        kern.affine_relu(_rows(x4), _rows(z), s, t)
+        ctx.save_for_backward(x4)
+        ctx.bn, ctx.kern, ctx.stats = bn, kern, (mean, var, s, t)
+        return z
+
+    @staticmethod
+    def backward(ctx, gz: Tensor):
+        (x4,) = ctx.saved_tensors
+        mean, var, s, t = ctx.stats
+        n, c, h, w = x4.shape
+        m = n * h * w
+        vdt = _vec_dtype(x4.dtype)
+        xr = _rows(x4)
+        gamma = ctx.bn.weight.detach().to(vdt).contiguous()
+        d = _workspace("DT", m, c, x4)
+        s_dy, s_dyx = ctx.kern.relu_bwd(_rows(_cl(gz.to(x4.dtype))), xr, d, s, t, mean.to(vdt), gamma, False)
+        iv = (var + ctx.bn.eps).rsqrt()
+        db, dg = s_dy, s_dyx * iv
+        a = iv
+        b = -iv * iv * (gamma.double() * dg) / m
+        cc = -iv * (gamma.double() * db) / m - b * mean
+        gx = _empty_cl(n, c, h, w, x4)
+        ctx.kern.lincomb(None, d, xr, _rows(gx), a.to(vdt), b.to(vdt), cc.to(vdt))
+        return gx, dg.to(ctx.bn.weight.dtype), db.to(ctx.bn.bias.dtype), None, None, None, None
+
+
+class FastTransition(_Transition):
+    """A `_Transition` that takes its BatchNorm's batch statistics from the fast block before it.
+
+    The statistics of the block's output channels were computed once inside the block; here BN-ReLU
+    becomes one fused pass. Same parameters; any input that does not carry those statistics (not a
+    fast block's output, eval mode) takes the plain path.
+    """
+
+    fast_kernels = "auto"
+
+    @torch.compiler.disable
+    def forward(self, x: Tensor) -> Tensor:
+        stats = getattr(x, "_fast_dense_stats", None)
+        if stats is None or not self.training or type(self.norm) is not nn.BatchNorm2d:
+            return super().forward(x)
+        kern = _kernels(self.fast_kernels, x.device)
+        with torch.autocast(x.device.type, enabled=False):
+            out = _SharedStatsBNReLU.apply(x, self.norm.weight, self.norm.bias, self.norm, kern, *stats)
+        for name, module in self.named_children():  # conv, [dropout], pool, as in the Sequential
+            if name not in ("norm", "relu"):
+                out = module(out)
+        return out
+
+
 def convert(model: nn.Module, fast: bool = True, kernels: str = "auto") -> nn.Module:
     """Switch every dense block of `model` to the fast forward (fast=True) or back, in place.
 
@@ -432,6 +506,14 @@ def convert(model: nn.Module, fast: bool = True, kernels: str = "auto") -> nn.Mo
                 module.fast_kernels = kernels
             elif isinstance(module, FastDenseBlock):
                 module.__class__ = _DenseBlock
+                module.__dict__.pop("fast_kernels", None)
+            module.__dict__.pop("_last_stats", None)
+        elif isinstance(module, _Transition):
+            if fast:
+                module.__class__ = FastTransition
+                module.fast_kernels = kernels
+            elif isinstance(module, FastTransition):
+                module.__class__ = _Transition
                 module.__dict__.pop("fast_kernels", None)
     if found == 0:
         raise ValueError(f"{type(model).__name__} has no dense blocks to convert (is it a DenseNet?)")

@@ -393,7 +393,9 @@ def load():
         from torch.utils.cpp_extension import load_inline
 
         return load_inline("densenet_repro_fast_dense_cpu", cpp_sources=[CPP_SOURCE], functions=FUNCTIONS,
-                           extra_cflags=["-O3", "-march=native"], verbose=False)
+                           # -fopenmp: at::parallel_for is inline OpenMP code; without it, it runs serially
+                           extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                           verbose=False)
     except Exception as e:  # noqa: BLE001 - re-raised as one actionable line
         raise RuntimeError(f"could not build the fast dense block's CPU kernels ({type(e).__name__}: "
                            f"{str(e).strip().splitlines()[-1] if str(e).strip() else e}); install a C++ "
