@@ -115,9 +115,13 @@ def test_compare_accuracy_arithmetic():
     acc = bench.compare_accuracy(runs, "cpu")
     assert acc["difference_pct"] == pytest.approx(2.0)
     assert acc["spread_fp32_pct"] == pytest.approx(2.0) and acc["spread_fast_pct"] == pytest.approx(3.0)
-    assert acc["same_within_spread"]
-    runs[3]["final_test_error_pct"] = 40.0
-    assert not bench.compare_accuracy(runs[:2] + [dict(runs[2], final_test_error_pct=39.0), runs[3]], "cpu")["same_within_spread"]
+    assert acc["same_within_spread"] and acc["not_worse_within_spread"]
+    worse = bench.compare_accuracy(runs[:2] + [dict(runs[2], final_test_error_pct=39.0),
+                                               dict(runs[3], final_test_error_pct=40.0)], "cpu")
+    assert not worse["same_within_spread"] and not worse["not_worse_within_spread"]
+    better = bench.compare_accuracy(runs[:2] + [dict(runs[2], final_test_error_pct=25.0),
+                                                dict(runs[3], final_test_error_pct=25.5)], "cpu")
+    assert not better["same_within_spread"] and better["not_worse_within_spread"]
 
 
 def test_engine_builds_fast_blocks_only_inside_the_context():
