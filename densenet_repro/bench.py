@@ -69,7 +69,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-SCHEMA = 1
+SCHEMA = 2
 DEFAULT_OUT = "results/bench"
 
 
@@ -390,23 +390,38 @@ def step_outputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[to
     return out.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
-def equivalence(section: Section, state_dict, x, y, pairs: list[tuple[Config, Config]]) -> list[dict[str, Any]]:
-    """For each (a, b), one fp32 step from the same weights: max |out_a - out_b| / max |out_b|, and the
-    largest gradient difference over all parameters / the largest gradient."""
+def _grad_diff(g_a: dict[str, torch.Tensor], g_b: dict[str, torch.Tensor]) -> float:
+    """Largest gradient difference over all parameters / the largest gradient of b.
+
+    Relative to the model's largest gradient: a per-tensor ratio would be dominated by rounding in
+    tensors whose gradient nearly cancels (e.g. 1e-6 everywhere)."""
+    if g_a.keys() != g_b.keys():
+        raise RuntimeError("the two models have different parameters")
+    scale = max(g.double().abs().max().item() for g in g_b.values())
+    return max((g_a[n].double() - g_b[n].double()).abs().max().item() for n in g_a) / scale
+
+
+def equivalence(section: Section, state_dict, x, y, pairs: list[tuple[Config, Config]]) -> dict[str, list]:
+    """One training step from the same weights and batch, for the configurations in `pairs` (fp32):
+
+    pairs: for each (a, b), max |out_a - out_b| / max |out_b| and the largest gradient difference
+        over all parameters / the largest gradient (_grad_diff);
+    vs_float64: the same two numbers for each configuration against a float64 run of our plain model
+        (the same function as every implementation here), i.e. each one's own fp32 rounding error --
+        the scale against which "equal within float tolerance" is judged.
+    """
+    configs = {c.name: c for pair in pairs for c in pair}
+    steps = {name: step_outputs(build_model(section, c, state_dict), x, y) for name, c in configs.items()}
     rows = []
     for a, b in pairs:
-        out_a, g_a = step_outputs(build_model(section, a, state_dict), x, y)
-        out_b, g_b = step_outputs(build_model(section, b, state_dict), x, y)
-        if g_a.keys() != g_b.keys():
-            raise RuntimeError(f"{a.name} and {b.name} have different parameters")
-        # Gradient difference relative to the model's largest gradient: a per-tensor ratio would be
-        # dominated by rounding in tensors whose gradient nearly cancels (e.g. 1e-6 everywhere).
-        scale = max(g.abs().max().item() for g in g_b.values())
+        (out_a, g_a), (out_b, g_b) = steps[a.name], steps[b.name]
         rows.append({"a": a.name, "b": b.name, "a_label": a.label, "b_label": b.label,
-                     "max_rel_diff_output": max_rel_diff(out_a, out_b),
-                     "max_rel_diff_grad": max((g_a[n].double() - g_b[n].double()).abs().max().item() for n in g_a) / scale,
+                     "max_rel_diff_output": max_rel_diff(out_a, out_b), "max_rel_diff_grad": _grad_diff(g_a, g_b),
                      "num_params": len(g_a)})
-    return rows
+    ref_out, ref_g = step_outputs(build_model(section, Config("ours"), state_dict).double(), x.double(), y)
+    vs64 = [{"config": name, "label": c.label, "max_rel_diff_output": max_rel_diff(steps[name][0], ref_out),
+             "max_rel_diff_grad": _grad_diff(steps[name][1], ref_g)} for name, c in configs.items()]
+    return {"pairs": rows, "vs_float64": vs64}
 
 
 def summary_stats(values: list[float]) -> dict[str, float]:
@@ -505,6 +520,8 @@ def run_section(section: Section, size: Size, *, do_compile: bool, peaks: dict[s
         pairs = [(by_name["ours"], by_name["torchvision"]), (by_name["timm"], by_name["torchvision"]),
                  (by_name["fast"], by_name["torchvision"])]
     equiv = equivalence(section, state_dict, x, y, pairs)
+    log(f"[bench]   equivalence (fp32 vs float64, grad): " +
+        ", ".join(f"{e['config']} {e['max_rel_diff_grad']:.1e}" for e in equiv["vs_float64"]))
     return {"name": section.name, "title": section.title, "net": section.net, "image_size": section.image_size,
             "batch": section.batch, "baseline": base, **flops, "results": results, "equivalence": equiv}
 
@@ -653,19 +670,27 @@ def _row(sec: dict[str, Any], config: str) -> dict[str, Any] | None:
 
 
 def equivalence_table(result: dict[str, Any]):
+    """Pairs of implementations, and each one against a float64 run (its own fp32 rounding error)."""
     import pandas as pd
 
     rows = []
     for sec in result["sections"]:
-        for e in sec["equivalence"]:
+        for e in sec["equivalence"]["pairs"]:
             rows.append({"section": sec["name"], "compared": f"{e['a_label']}  vs  {e['b_label']}",
+                         "max rel. diff, output": e["max_rel_diff_output"],
+                         "max grad diff / max grad": e["max_rel_diff_grad"]})
+        for e in sec["equivalence"]["vs_float64"]:
+            rows.append({"section": sec["name"], "compared": f"{e['label']}  vs  float64 reference",
                          "max rel. diff, output": e["max_rel_diff_output"],
                          "max grad diff / max grad": e["max_rel_diff_grad"]})
     return pd.DataFrame(rows)
 
 
-# Float tolerance for "equal" between implementations in fp32 (different but equivalent op orders).
-EQUIV_TOL = 1e-3
+# "Equal within float tolerance": the same ops give the same numbers (IDENTICAL_TOL); a different but
+# equivalent order of operations may differ from a float64 run by at most FLOAT_TOL_FACTOR times what
+# the reference implementation's own fp32 rounding does.
+IDENTICAL_TOL = 1e-5
+FLOAT_TOL_FACTOR = 3.0
 
 
 def targets(result: dict[str, Any], accuracy: dict[str, Any] | None = None):
@@ -708,11 +733,17 @@ def targets(result: dict[str, Any], accuracy: dict[str, Any] | None = None):
                                    f"{', channels_last' if a['channels_last'] else ', NCHW'})",
                          "measured": f"x{med:.2f} (rounds: {min(ratios):.2f}-{max(ratios):.2f}){bound}",
                          "met": med >= 1.3})
-    eq = [e for e in imn["equivalence"] if e["b"] == "torchvision"]
-    worst = max(max(e["max_rel_diff_output"], e["max_rel_diff_grad"]) for e in eq)
-    rows.append({"target": f"DenseNet-121 outputs and gradients equal to torchvision's (fp32, rel. tol. {EQUIV_TOL:g})",
-                 "measured": f"largest relative difference {worst:.1e} (ours, fast, timm vs torchvision)",
-                 "met": worst <= EQUIV_TOL})
+    eq = imn["equivalence"]
+    same_ops = [e for e in eq["pairs"] if e["a"] in ("ours", "timm") and e["b"] == "torchvision"]
+    worst_same = max(max(e["max_rel_diff_output"], e["max_rel_diff_grad"]) for e in same_ops)
+    v64 = {e["config"]: e for e in eq["vs_float64"]}
+    tv_err = max(v64["torchvision"]["max_rel_diff_output"], v64["torchvision"]["max_rel_diff_grad"])
+    fast_err = max(v64["fast"]["max_rel_diff_output"], v64["fast"]["max_rel_diff_grad"])
+    rows.append({"target": "DenseNet-121 outputs and gradients equal to torchvision's within float tolerance (fp32)",
+                 "measured": f"ours and timm vs torchvision: {worst_same:.1e} (<= {IDENTICAL_TOL:g}: same ops); "
+                             f"fast blocks vs float64 {fast_err:.1e}, torchvision vs float64 {tv_err:.1e} "
+                             f"(ratio {fast_err / tv_err:.1f}, allowed {FLOAT_TOL_FACTOR:g})",
+                 "met": worst_same <= IDENTICAL_TOL and fast_err <= FLOAT_TOL_FACTOR * tv_err})
     return pd.DataFrame(rows)
 
 

@@ -46,8 +46,11 @@ def test_tiny_result_has_every_configuration(tiny_result):
 def test_tiny_result_equivalences_hold(tiny_result):
     """ours = naive (torchvision's blocks), fast = plain, ours = timm = torchvision, from the same weights."""
     for sec in tiny_result["sections"]:
-        for e in sec["equivalence"]:
+        for e in sec["equivalence"]["pairs"]:
             assert e["max_rel_diff_output"] < 1e-4 and e["max_rel_diff_grad"] < 1e-3, e
+        v64 = sec["equivalence"]["vs_float64"]
+        assert {e["config"] for e in v64} >= {"ours", "fast"}
+        assert all(e["max_rel_diff_grad"] < 1e-3 for e in v64), v64
 
 
 def test_tables_targets_plot(tiny_result):
