@@ -225,3 +225,16 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     wa = torch.load(Path(straight["run_dir"]) / "checkpoint.pt", weights_only=False)["model"]
     wb = torch.load(Path(resumed["run_dir"]) / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_fast_blocks_are_the_cpu_default_and_train_like_the_plain_blocks(tmp_path):
+    fast = T.train(tiny(tmp_path / "a", epochs=1))
+    plain = T.train(tiny(tmp_path / "b", epochs=1, fast_blocks=False))
+    assert fast["fast_blocks"] is True and plain["fast_blocks"] is False
+    # same function, different float summation order: one epoch lands on nearly the same loss
+    assert abs(fast["final_train_loss"] - plain["final_train_loss"]) < 1e-3
+    assert T.train(tiny(tmp_path / "c", epochs=1, amp="fp16"))["fast_blocks"] is False  # fp32/bf16 only
+    with pytest.raises(ValueError, match="fp32 and bf16 only"):
+        T.train(tiny(tmp_path / "d", epochs=1, amp="fp16", fast_blocks=True))
+    with pytest.raises(ValueError, match="no dense blocks"):
+        T.train(tiny(tmp_path / "e", epochs=1, model="resnet110", model_kwargs={}, fast_blocks=True))
