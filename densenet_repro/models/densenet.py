@@ -32,6 +32,21 @@ from torch import Tensor
 BOTTLENECK_WIDTH = 4  # the 1x1 bottleneck conv produces 4k maps (paper, section 3)
 
 
+def official_init(model: nn.Module) -> None:
+    """The official code's initialisation (fb.resnet.torch style), shared by our ResNet baselines."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            # N(0, sqrt(2/n)), n = kW*kH*out_channels: He init with fan_out.
+            # DEPARTS from torchvision (kaiming_normal_ with fan_in): we follow the official code.
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            # Weight: Torch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's too; bias 0.
+            nn.init.zeros_(m.bias)
+
+
 class _DenseLayer(nn.Module):
     """H_l: BN-ReLU-Conv(3x3) or, with bottleneck, BN-ReLU-Conv(1x1, 4k)-BN-ReLU-Conv(3x3, k).
 
@@ -223,18 +238,7 @@ class DenseNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Official code's initialisation (fb.resnet.torch style)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                # N(0, sqrt(2/n)), n = kW*kH*out_channels: He init with fan_out.
-                # DEPARTS from torchvision (kaiming_normal_ with fan_in): we follow the official code.
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                # Weight: Torch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's too; bias 0.
-                nn.init.zeros_(m.bias)
+        official_init(self)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (N, 3, H, W)
         features = self.features(x)  # (N, C, h, w)

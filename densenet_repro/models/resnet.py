@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from densenet_repro.models.densenet import official_init
+
 STAGE_WIDTHS = (16, 32, 64)  # maps of the 3x3 convs in each stage, as in both ResNet papers
 
 
@@ -111,14 +113,7 @@ class CifarResNet(nn.Module):
         if preact_bottleneck:
             self.bn_final = nn.BatchNorm2d(in_planes)  # pre-activation nets end with BN-ReLU
         self.fc = nn.Linear(in_planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        official_init(self)  # as fb.resnet.torch, where the DenseNet code took it from
 
     def forward(self, x: Tensor) -> Tensor:  # (N, 3, 32, 32)
         out = self.conv1(x)
