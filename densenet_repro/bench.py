@@ -874,34 +874,6 @@ ACCURACY_DATASET = "c10+"
 ACCURACY_SEEDS = (0, 1)
 
 
-@contextlib.contextmanager
-def _engine_blocks(fast: bool):
-    """Make the training engine build plain or fast dense blocks.
-
-    Uses RunConfig.fast_blocks when the engine has it; otherwise wraps train.build_model for the
-    duration (the engine's one place where a model is made).
-    """
-    from densenet_repro import train as train_mod
-    from densenet_repro.models import fast_dense
-
-    if "fast_blocks" in {f.name for f in dataclasses.fields(train_mod.RunConfig)}:
-        yield {"fast_blocks": fast}
-        return
-    original = train_mod.build_model
-
-    def build(config, num_classes):
-        model = original(config, num_classes)
-        if fast:
-            fast_dense.convert(model)
-        return model
-
-    train_mod.build_model = build
-    try:
-        yield {}
-    finally:
-        train_mod.build_model = original
-
-
 def accuracy_configs(budget: str, data_root: str | None, device: str = "cpu",
                      seeds: tuple[int, ...] = ACCURACY_SEEDS) -> list[tuple[str, Any]]:
     """(variant, RunConfig) pairs: 'fp32' (plain blocks, paper precision) and 'fast' (the fast path)."""
@@ -931,9 +903,9 @@ def run_accuracy(budget: str = "cpu", data_root: str | None = None, device: str 
     publish = budget != "smoke" if publish is None else publish
     runs = []
     for variant, cfg in accuracy_configs(budget, data_root, device):
-        with _engine_blocks(variant == "fast") as extra:
-            cfg = dataclasses.replace(cfg, out=out, results=results, progress=progress, resume=True, **extra)
-            summary = train_mod.train(cfg)
+        cfg = dataclasses.replace(cfg, out=out, results=results, progress=progress, resume=True,
+                                  fast_blocks=variant == "fast")
+        summary = train_mod.train(cfg)
         if publish:
             summary["run_dir"] = experiments.publish(summary, results).as_posix()
         runs.append({"variant": variant, "seed": cfg.seed, "final_test_error_pct": summary["final_test_error_pct"],

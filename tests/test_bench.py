@@ -127,19 +127,6 @@ def test_compare_accuracy_arithmetic():
     assert not better["same_within_spread"] and better["not_worse_within_spread"]
 
 
-def test_engine_builds_fast_blocks_only_inside_the_context():
-    import dataclasses
-
-    from densenet_repro import train
-
-    cfg = train.RunConfig(model="densenet_bc100_k12", model_kwargs={"depth": 16})
-    with bench._engine_blocks(True) as extra:
-        model = train.build_model(dataclasses.replace(cfg, **extra), 10)
-    if not extra:  # the engine has no fast_blocks knob yet: build_model is wrapped inside the context
-        assert fast_dense.is_fast(model)
-    assert not fast_dense.is_fast(train.build_model(cfg, 10))
-
-
 def test_fastpath_settings_and_apply():
     assert fastpath.settings("cpu") == {"amp": "bf16", "channels_last": True, "compile": False, "fast_blocks": True}
     with pytest.raises(ValueError, match="no fast path"):
