@@ -613,9 +613,9 @@ def write_result(result: dict[str, Any], out_dir: str | os.PathLike = DEFAULT_OU
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name or 'bench_' + result['size']}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a crash never leaves half a result file
+    from densenet_repro.train import atomic_write_text
+
+    atomic_write_text(path, json.dumps(result, indent=1) + "\n")  # a crash never leaves half a file
     return path
 
 

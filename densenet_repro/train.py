@@ -326,7 +326,7 @@ def _convert_bn(module: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(payload)
@@ -335,8 +335,8 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> None:
     os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old or the new file
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -512,7 +512,7 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({c: r.get(c, "") for c in cols})
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def _summarise(config: RunConfig, h: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
@@ -651,7 +651,7 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
 
         cfg = config.to_dict() | {"config_hash": h, "data_source_id": source.id, "data_source": source.description,
                                   "versions": versions(), "world_size": d.world, "params": n_params}
-        _atomic_write_text(run_dir / "config.json", json.dumps(cfg, indent=1, default=str) + "\n")
+        atomic_write_text(run_dir / "config.json", json.dumps(cfg, indent=1, default=str) + "\n")
         if rows:
             _write_metrics(run_dir / "metrics.csv", rows)  # drop rows of an epoch the checkpoint lacks
     name = run_name(config, h)
@@ -750,7 +750,7 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
                                 else None),
         "torch": torch.__version__})
     if d.main:
-        _atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
         say(f"{name}: done; final test error {summary['final_test_error_pct']:.2f}%, best "
             f"{summary['best_test_error_pct']:.2f}% (epoch {summary['best_epoch']}), "
             f"{summary['wall_time_s']:.0f} s")
