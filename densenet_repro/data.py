@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from densenet_repro.errors import ConfigError, DataNotFoundError, DataReadError, MissingPackageError
+
 # ----------------------------------------------------------------------------------------------
 # Dataset specifications (the paper's Table 2 columns)
 # ----------------------------------------------------------------------------------------------
@@ -97,13 +99,9 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _SUBSET_SEED = 0  # training/test subsets and the SVHN validation split never depend on the run seed
 
 
-class DataNotFoundError(FileNotFoundError):
-    """The dataset is not in data_root and cannot be downloaded; the message says where to put it."""
-
-
 def get_spec(name: str) -> DatasetSpec:
     if name not in SPECS:
-        raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
     return SPECS[name]
 
 
@@ -126,10 +124,7 @@ class SourceInfo:
     path: str | None          # the archive/directory read (None: torchvision download, synthetic)
     description: str
     id: str                   # path-independent identity, e.g. "folder:cifar10-jpeg.tar.gz"
-
-    @property
-    def official(self) -> bool:
-        return self.kind == "torchvision"
+    present: bool = True      # False: the official archive still has to be downloaded
 
 
 def _official_present(family: str, root: Path) -> bool:
@@ -177,13 +172,16 @@ def resolve_source(dataset: str, data_root: str | os.PathLike | None = None, sou
     """Decide where `dataset` comes from, without reading or downloading anything."""
     spec = get_spec(dataset)
     if source not in SOURCES:
-        raise ValueError(f"unknown data source {source!r}: use one of {', '.join(SOURCES)}")
+        raise ConfigError(f"unknown data source {source!r}: use one of {', '.join(SOURCES)}")
     fam, title = spec.family, _FAMILY_TITLE[spec.family]
     if source == "synthetic":
         return SourceInfo("synthetic", fam, None,
                           f"synthetic stand-in for {title} (generated in memory; the numbers mean nothing)",
                           "synthetic")
     root = default_data_root(data_root)
+    if root.is_file() and not _is_archive(root):
+        raise DataReadError(f"data root {root} is a file, not a folder or a .tar.gz archive: pass the folder that "
+                            f"holds the dataset (e.g. the one with {_FOLDER_NAMES[fam][0]}.tar.gz in it)")
     official = _official_present(fam, root) if root.is_dir() else False
     folder = _find_folder_copy(fam, root) if source in ("auto", "folder") and root.exists() else None
     if source == "torchvision" or (source == "auto" and (official or (folder is None and download))):
@@ -191,7 +189,7 @@ def resolve_source(dataset: str, data_root: str | os.PathLike | None = None, sou
             raise DataNotFoundError(f"{dataset}: no official {title} files in {root} and download=False: "
                                     + _where_to_put(spec, root))
         desc = f"{title}, official archive via torchvision ({'found in' if official else 'to be downloaded into'} {root})"
-        return SourceInfo("torchvision", fam, str(root), desc, "torchvision")
+        return SourceInfo("torchvision", fam, str(root), desc, "torchvision", present=official)
     if folder is None:
         raise DataNotFoundError(f"{dataset}: no image-folder copy of {title} in {root}: " + _where_to_put(spec, root))
     desc = f"{title}, image-folder copy {folder.name}"
@@ -314,10 +312,14 @@ def _read_image_folder(path: Path) -> Arrays:
             items[parts[-3]].append((parts[-2], parts[-1], read()))
 
     if path.is_file():
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                if member.isfile():
-                    add(member.name, lambda m=member: tar.extractfile(m).read())
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                for member in tar:
+                    if member.isfile():
+                        add(member.name, lambda m=member: tar.extractfile(m).read())
+        except (tarfile.TarError, EOFError, OSError) as e:  # truncated or not an archive at all
+            raise DataReadError(f"cannot read the archive {path} ({type(e).__name__}: {e}): it is damaged; "
+                                "copy it again, or point --data-root at another copy") from e
     else:
         for p in sorted(path.rglob("*")):
             if p.is_file():
@@ -331,12 +333,16 @@ def _read_image_folder(path: Path) -> Arrays:
     for split, entries in items.items():
         unknown = {c for c, _, _ in entries} - set(index)
         if unknown:
-            raise ValueError(f"{path}: test classes {sorted(unknown)} are not among the training classes")
+            raise DataReadError(f"{path}: test classes {sorted(unknown)} are not among the training classes")
         entries.sort(key=lambda e: (index[e[0]], e[1]))
-        images = [_decode(b) for _, _, b in entries]
+        try:
+            images = [_decode(b) for _, _, b in entries]
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated images are OSErrors
+            raise DataReadError(f"{path}: an image of the {split} split cannot be decoded ({e}): the copy is "
+                                "damaged; copy it again") from e
         shapes = {im.shape for im in images}
         if len(shapes) != 1:
-            raise ValueError(f"{path}: {split} images have different sizes {sorted(shapes)[:3]}")
+            raise DataReadError(f"{path}: {split} images have different sizes {sorted(shapes)[:3]}")
         out[split] = (np.stack(images), np.array([index[c] for c, _, _ in entries], dtype=np.int64))
     sample = items["train"][0][2]
     note = ""
@@ -364,7 +370,7 @@ def _read_torchvision(spec: DatasetSpec, root: Path, download: bool) -> Arrays:
         try:
             import scipy  # noqa: F401  (torchvision reads SVHN's .mat files with scipy)
         except ImportError as e:
-            raise ImportError("SVHN needs scipy to read its .mat files: pip install scipy") from e
+            raise MissingPackageError("SVHN needs scipy to read its .mat files: pip install scipy") from e
         splits = {s: tvd.SVHN(str(root), split=s, download=download) for s in ("train", "extra", "test")}
         nhwc = {s: np.ascontiguousarray(d.data.transpose(0, 2, 3, 1)) for s, d in splits.items()}
         labels = {s: np.asarray(d.labels, dtype=np.int64) for s, d in splits.items()}
@@ -396,7 +402,7 @@ def load_arrays(dataset: str, source: SourceInfo, data_root: str | os.PathLike |
         return cached
     arrays = _read_image_folder(path) if source.kind == "folder" else _read_torchvision(spec, path, download)
     if len(arrays.classes) != spec.num_classes:
-        raise ValueError(f"{source.path}: {len(arrays.classes)} classes, but {dataset} has {spec.num_classes}")
+        raise DataReadError(f"{source.path}: {len(arrays.classes)} classes, but {dataset} has {spec.num_classes}")
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         _save_cache(folder, arrays)
@@ -639,7 +645,7 @@ class DeviceLoader:
                  *, train: bool, augment: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
                  channels_last: bool = False) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.images, self.labels = images, labels  # (N, 3, H, W) uint8, (N,) int64
         self.batch_size, self.train, self.augment, self.seed = batch_size, train, augment, seed
         self.rank, self.world_size = rank, world_size

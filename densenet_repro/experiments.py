@@ -41,6 +41,7 @@ from typing import Any
 
 from densenet_repro.budgets import BUDGETS, check_budget
 from densenet_repro.data import DATASETS, SYNTHETIC_SIZE, get_spec
+from densenet_repro.errors import UserError
 from densenet_repro.train import CIFAR_DENSENETS, OneLineParser, RunConfig, build_model, read_metrics, train
 
 EXPERIMENT = "table2"
@@ -290,7 +291,7 @@ def table2_main(argv: list[str] | None = None) -> int:
     try:
         cells = run_table2(args.budget, data_root=args.data_root, device=args.device, seed=args.seed,
                            progress=args.progress, out=args.out, results=args.results)
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
+    except UserError as e:  # anything else is a bug: it keeps its traceback
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 1
     print(table2.comparison_table(cells, budget=args.budget).to_string(index=False))

@@ -48,6 +48,8 @@ import torch.nn.functional as F
 
 from densenet_repro import data as data_lib
 from densenet_repro.budgets import BUDGETS
+from densenet_repro.errors import (CheckpointError, ConfigError, OutputNotWritableError, ResultFileError,
+                                   RunExistsError, RunLockedError, TrainingDiverged, UserError)
 
 AMP_MODES = ("none", "bf16", "fp16")
 PROGRESS_MODES = ("auto", "bar", "line", "none")
@@ -55,107 +57,112 @@ CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: unreadable, or written by a different config."""
-
-
-class RunExistsError(RuntimeError):
-    """An unfinished run is in the way and `resume` was not asked for."""
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------
+
+
+def recipe(default: Any = dataclasses.MISSING, **kw) -> Any:
+    """A RunConfig field that determines the result: part of the config hash."""
+    return field(default=default, metadata={"hashed": True}, **kw)
+
+
+def option(default: Any = dataclasses.MISSING, **kw) -> Any:
+    """A RunConfig field that changes where or how fast a run is made, not its result: not hashed.
+
+    Every field is declared with one of the two (tests/test_train.py checks), so a new field can
+    never fall into the hash, or out of it, by accident: either would orphan committed results.
+    """
+    return field(default=default, metadata={"hashed": False}, **kw)
 
 
 @dataclass
 class RunConfig:
     """Everything that defines a training run. Defaults are the paper's recipe (section 4.2)."""
 
-    model: str = "densenet_bc100_k12"
-    dataset: str = "c10+"
+    # --- the run's recipe: what is computed (hashed) -------------------------------------------
+    model: str = recipe("densenet_bc100_k12")
+    dataset: str = recipe("c10+")
     # Extra keyword arguments for create_model, e.g. {"depth": 22} for a scaled-down budget.
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = recipe(default_factory=dict)
+    epochs: int | None = recipe(None)        # None: the paper's, 300 on CIFAR, 40 on SVHN
+    batch_size: int = recipe(64)             # paper: 64 (global batch, split across DDP processes)
+    lr: float = recipe(0.1)                  # paper: initial learning rate 0.1 ...
+    lr_milestones: tuple[float, ...] = recipe((0.5, 0.75))  # ... divided by 10 at 50% and 75% of the epochs
+    lr_decay: float = recipe(0.1)
+    momentum: float = recipe(0.9)            # paper: Nesterov momentum 0.9, no dampening
+    nesterov: bool = recipe(True)
+    weight_decay: float = recipe(1e-4)       # paper: 1e-4; the official code decays every parameter
+    drop_rate: float | None = recipe(None)   # None: 0.2 for DenseNets on data without augmentation, else 0
+    train_subset: int | None = recipe(None)  # reduced budgets: a class-balanced subset of the training set
+    test_subset: int | None = recipe(None)   # reduced budgets: a class-balanced subset of the test set
+    # Mixed precision changes the rounding of every step, so a bf16 run is a run of its own.
+    amp: str = recipe("none")                # none | bf16 | fp16 (fp16 with a GradScaler); paper: fp32
+    seed: int = recipe(0)
+    sync_bn: bool = recipe(True)             # DDP: BatchNorm statistics over the whole global batch
+    # (The data enters the hash as the resolved source's id: official, a JPEG copy, or synthetic.)
 
-    # --- the paper's recipe ------------------------------------------------------------------
-    epochs: int | None = None        # None: the paper's, 300 on CIFAR, 40 on SVHN
-    batch_size: int = 64             # paper: 64 (global batch, split across DDP processes)
-    lr: float = 0.1                  # paper: initial learning rate 0.1 ...
-    lr_milestones: tuple[float, ...] = (0.5, 0.75)  # ... divided by 10 at 50% and 75% of the epochs
-    lr_decay: float = 0.1
-    momentum: float = 0.9            # paper: Nesterov momentum 0.9, no dampening
-    nesterov: bool = True
-    weight_decay: float = 1e-4       # paper: 1e-4; the official code decays every parameter
-    drop_rate: float | None = None   # None: 0.2 for DenseNets on data without augmentation, else 0
-
-    # --- data --------------------------------------------------------------------------------
-    data_root: str | None = None     # None: $DENSENET_DATA or ./data (see densenet_repro.data)
-    data_source: str = "auto"        # auto | torchvision | folder | synthetic
-    train_subset: int | None = None  # reduced budgets: a class-balanced subset of the training set
-    test_subset: int | None = None   # reduced budgets: a class-balanced subset of the test set
-    eval_batch_size: int = 500       # evaluation only; does not change the numbers
-
-    # --- numerics and speed (the performance issue makes the fast path the default) ------------
-    amp: str = "none"                # none | bf16 | fp16 (fp16 with a GradScaler); paper: fp32
-    channels_last: bool = False      # NHWC memory layout: faster convolutions on GPUs and CPUs
-    compile: bool = False            # torch.compile the model
-    memory_efficient: bool = False   # recompute concat-BN-ReLU-conv in backward (Pleiss et al.)
+    # --- run options: where and how fast (not hashed) -----------------------------------------
+    # A run made on a GPU with channels_last and compile is found again by a CPU render.
+    data_root: str | None = option(None)     # None: $DENSENET_DATA or ./data (see densenet_repro.data)
+    data_source: str = option("auto")        # auto | torchvision | folder | synthetic
+    eval_batch_size: int = option(500)       # evaluation only; does not change the numbers
+    channels_last: bool = option(False)      # NHWC memory layout: faster convolutions on GPUs and CPUs
+    compile: bool = option(False)            # torch.compile the model
+    memory_efficient: bool = option(False)   # recompute concat-BN-ReLU-conv in backward (Pleiss et al.)
     # The exact fast dense blocks (models/fast_dense.py: shared BN statistics, one feature buffer,
-    # fused kernels; same function, ~3x faster training on CPU). None: wherever they are supported
-    # (a DenseNet on CPU in one process, see fastpath.fast_blocks_supported); False: plain blocks.
-    fast_blocks: bool | None = None
-    deterministic: bool = False      # deterministic kernels: bit-exact reruns and resumes (slower on GPU)
-    seed: int = 0
-    sync_bn: bool = True             # DDP: BatchNorm statistics over the whole global batch
-
-    # --- bookkeeping: where and how, not what (not part of the config hash) --------------------
-    device: str = "auto"             # auto: cuda if available, else cpu
-    experiment: str = "train"        # runs/<experiment>/...
-    out: str = "runs"                # root of run directories
-    results: str | None = "results"  # committed finished runs, looked up before training
-    budget: str = "paper"            # the budget this config was made for (a label)
-    resume: bool = False             # continue an unfinished run from its checkpoint
-    progress: str = "auto"           # auto: a tqdm bar in a terminal, one line per epoch otherwise
-    num_threads: int | None = None   # torch CPU threads; None: torch's default
-    download: bool = True            # allow torchvision to download the official datasets
-
-    # Fields that do not change what is computed, only where, how fast, or in which float
-    # rounding: excluded from the hash, so a run made on a GPU with channels_last and compile is
-    # found again by a CPU render. (data_root/data_source enter through the resolved source id;
-    # the library versions are recorded in config.json but do not invalidate committed results.)
-    NOT_HASHED = ("eval_batch_size", "channels_last", "compile", "memory_efficient", "fast_blocks", "deterministic", "device",
-                  "experiment", "out", "results", "budget", "resume", "progress", "num_threads", "download",
-                  "data_root", "data_source")
+    # fused kernels; the same function). None: wherever they are supported (a DenseNet on CPU in
+    # one process, see fastpath.fast_blocks_supported); False: plain blocks.
+    fast_blocks: bool | None = option(None)
+    deterministic: bool = option(False)      # deterministic kernels: bit-exact reruns and resumes (slower on GPU)
+    device: str = option("auto")             # auto: cuda if available, else cpu
+    experiment: str = option("train")        # runs/<experiment>/...
+    out: str = option("runs")                # root of run directories
+    results: str | None = option("results")  # committed finished runs, looked up before training
+    budget: str = option("paper")            # the budget this config was made for (a label)
+    resume: bool = option(False)             # continue an unfinished run from its checkpoint
+    progress: str = option("auto")           # auto: a tqdm bar in a terminal, one line per epoch otherwise
+    num_threads: int | None = option(None)   # torch CPU threads; None: torch's default
+    download: bool = option(True)            # allow torchvision to download the official datasets
 
     def validate(self) -> "RunConfig":
+        """Check every value where it enters; a bad one raises a ConfigError that says what to do."""
         from densenet_repro import list_models
 
         if self.model not in list_models():
-            raise ValueError(f"unknown model {self.model!r}: use one of {', '.join(list_models())}")
+            raise ConfigError(f"unknown model {self.model!r}: use one of {', '.join(list_models())}")
         data_lib.get_spec(self.dataset)
         if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         for name in ("batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"unknown amp {self.amp!r}: use one of {', '.join(AMP_MODES)}")
-        if self.progress not in PROGRESS_MODES:
-            raise ValueError(f"unknown progress {self.progress!r}: use one of {', '.join(PROGRESS_MODES)}")
-        if self.data_source not in data_lib.SOURCES:
-            raise ValueError(f"unknown data source {self.data_source!r}: use one of {', '.join(data_lib.SOURCES)}")
-        if self.budget not in BUDGETS:
-            raise ValueError(f"unknown budget {self.budget!r}: use one of {', '.join(BUDGETS)}")
+                raise ConfigError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+        for name, allowed in (("amp", AMP_MODES), ("progress", PROGRESS_MODES), ("data_source", data_lib.SOURCES),
+                              ("budget", BUDGETS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
         if self.drop_rate is not None and not 0 <= self.drop_rate < 1:
-            raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
+            raise ConfigError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
+        parse_device(self.device)
+        if self.model_kwargs:
+            self._check_model_kwargs()
         return self
+
+    def _check_model_kwargs(self) -> None:
+        """Build the model on the meta device (no memory, no time): a bad keyword or value fails here."""
+        if not isinstance(self.model_kwargs, dict):
+            raise ConfigError(f"model_kwargs must be a dict such as {{'depth': 22}}, got {self.model_kwargs!r}")
+        try:
+            with torch.device("meta"):
+                build_model(self, data_lib.get_spec(self.dataset).num_classes)
+        except (TypeError, ValueError, AssertionError) as e:
+            raise ConfigError(f"model_kwargs {json.dumps(self.model_kwargs)} do not fit {self.model} ({e}): "
+                              f"see help(densenet_repro.DenseNet) for the arguments and valid depths") from None
 
     def resolved(self) -> "RunConfig":
         """A copy with the paper's defaults filled in (epochs, drop_rate)."""
@@ -172,9 +179,12 @@ class RunConfig:
         return d
 
 
+HASHED_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata["hashed"])
+
+
 def config_hash(config: RunConfig, source_id: str) -> str:
-    """Short hash of everything that determines a run's result (see RunConfig.NOT_HASHED)."""
-    d = {k: v for k, v in config.resolved().to_dict().items() if k not in RunConfig.NOT_HASHED}
+    """Short hash of everything that determines a run's result: the recipe fields and the data."""
+    d = {k: v for k, v in config.resolved().to_dict().items() if k in HASHED_FIELDS}
     d["data"] = source_id  # which pixels: official, a JPEG copy, or synthetic
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
@@ -240,11 +250,13 @@ def _use_fast_blocks(config: RunConfig, model: nn.Module, dev: torch.device, dis
     elif not config.fast_blocks:
         return False
     elif distributed:
-        raise ValueError("fast_blocks compute BatchNorm statistics per process: use --no-fast-blocks with "
+        raise ConfigError("fast_blocks compute BatchNorm statistics per process: use --no-fast-blocks with "
                          "synchronised BatchNorm (or --no-sync-bn)")
     elif config.amp == "fp16":
-        raise ValueError("fast_blocks support fp32 and bf16 only: use --amp bf16 or --no-fast-blocks")
-    fast_dense.convert(model)  # raises a one-line error for a model without dense blocks
+        raise ConfigError("fast_blocks support fp32 and bf16 only: use --amp bf16 or --no-fast-blocks")
+    elif not fastpath.fast_blocks_supported(model, "cpu"):
+        raise ConfigError(f"{config.model} has no dense blocks to make fast: drop --fast-blocks")
+    fast_dense.convert(model)
     return True
 
 
@@ -254,10 +266,11 @@ def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimize
                            nesterov=config.nesterov, weight_decay=config.weight_decay)
 
 
-def autocast(config: RunConfig, device: torch.device):
-    if config.amp == "none":
+def autocast(amp: str, device: torch.device):
+    """The autocast context of a precision: none (fp32), bf16 or fp16."""
+    if amp == "none":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if config.amp == "bf16" else torch.float16
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
@@ -369,28 +382,91 @@ def load_checkpoint(path: Path, expected_hash: str) -> dict[str, Any]:
     return state
 
 
-def find_finished(config: RunConfig, h: str) -> Path | None:
-    """The folder of a finished run with this config hash: in `out`, else in the committed `results`."""
-    name = run_name(config, h)
-    roots = [Path(config.out)] + ([Path(config.results)] if config.results else [])
-    for root in roots:
-        folder = root / config.experiment / name
-        summary = folder / "summary.json"
-        if summary.is_file():
-            try:
-                s = json.loads(summary.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                continue
-            if s.get("finished") and s.get("config_hash") == h:
-                return folder
-    return None
+# What summary.json must hold for a run to count as finished (the engine writes all of these).
+SUMMARY_FIELDS = {"finished": bool, "config_hash": str, "model": str, "dataset": str, "epochs": int,
+                  "final_test_error_pct": (int, float), "best_test_error_pct": (int, float),
+                  "reported_test_error_pct": (int, float), "wall_time_s": (int, float)}
 
 
 def read_summary(folder: str | os.PathLike) -> dict[str, Any]:
+    """A finished run's summary.json, checked: a damaged one raises ResultFileError, never a result."""
     folder = Path(folder)
-    s = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    path = folder / "summary.json"
+    try:
+        s = json.loads(path.read_text(encoding="utf-8"))
+        problem = None if isinstance(s, dict) else f"it holds a JSON {type(s).__name__}, not an object"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        s, problem = None, f"it cannot be read as JSON ({e})"
+    if problem is None:
+        missing = [k for k in SUMMARY_FIELDS if k not in s]
+        wrong = [k for k, t in SUMMARY_FIELDS.items() if k in s and (not isinstance(s[k], t) or
+                                                                      (t is not bool and isinstance(s[k], bool)))]
+        if missing:
+            problem = f"it lacks {', '.join(missing)}"
+        elif wrong:
+            problem = f"wrong type of {', '.join(wrong)}"
+        elif s["finished"] is not True:
+            problem = "it does not say finished"
+        elif not folder.name.endswith(s["config_hash"]):
+            problem = f"its config_hash {s['config_hash']} is not the one in the folder's name"
+    if problem is not None:
+        raise ResultFileError(f"{path} is damaged ({problem}) and is not used as a result: restore it "
+                              f"(git checkout -- {path}) or delete {folder} to train the run again")
     s["run_dir"] = folder.as_posix()
     return s
+
+
+def find_finished(config: RunConfig, h: str) -> Path | None:
+    """The folder of a finished run with this config hash: in `out`, else in the committed `results`."""
+    name = run_name(config, h)
+    for root in _run_roots(config):
+        folder = root / config.experiment / name
+        if (folder / "summary.json").exists():
+            read_summary(folder)  # a damaged summary is reported, never taken as finished
+            return folder
+    return None
+
+
+def _run_roots(config: RunConfig) -> list[Path]:
+    return [Path(config.out)] + ([Path(config.results)] if config.results else [])
+
+
+def _known_source_ids(config: RunConfig) -> list[str]:
+    """The data sources that runs of this model and dataset were made on, as their config.json say."""
+    ids = []
+    for root in _run_roots(config):
+        for cfg in sorted((root / config.experiment).glob(f"{config.model}-{config.dataset}-*/config.json")):
+            try:
+                sid = json.loads(cfg.read_text(encoding="utf-8")).get("data_source_id")
+            except (OSError, ValueError, AttributeError):
+                continue  # not a result; read_summary reports damage where a result is asked for
+            if isinstance(sid, str) and sid not in ids:
+                ids.append(sid)
+    return ids
+
+
+def locate_run(config: RunConfig) -> tuple[data_lib.SourceInfo | None, str, Path | None]:
+    """(data source, config hash, folder of the finished run or None) for a resolved config.
+
+    The hash includes the data's identity. Where the data is not on this machine (a fresh clone
+    offline), a committed finished run of the same recipe on any data source it names still
+    answers, so reports re-render without the dataset; the data is needed only to train.
+    """
+    try:
+        source = data_lib.resolve_source(config.dataset, config.data_root, config.data_source, config.download)
+    except data_lib.DataNotFoundError:
+        source = None
+    if source is not None and source.present:
+        h = config_hash(config, source.id)
+        return source, h, find_finished(config, h)
+    for sid in _known_source_ids(config):
+        h = config_hash(config, sid)
+        done = find_finished(config, h)
+        if done is not None:
+            return source, h, done
+    if source is None:  # nothing committed either: say where the data belongs
+        source = data_lib.resolve_source(config.dataset, config.data_root, config.data_source, config.download)
+    return source, config_hash(config, source.id), None
 
 
 def read_metrics(folder: str | os.PathLike):
@@ -438,17 +514,33 @@ def _setup_dist(device_type: str) -> _Dist:
     return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), here)
 
 
-def _pick_device(config: RunConfig, d: _Dist) -> torch.device:
-    name = config.device
+def parse_device(name: str) -> torch.device:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' as a torch.device (auto: cuda if available, else cpu)."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {config.device!r}: CUDA is not available here; use --device cpu")
-        if d.world > 1:
-            dev = torch.device("cuda", d.local_rank)
-        torch.cuda.set_device(dev)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def pick_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
+    """The training device, made current. A CUDA device always gets an index: torch.cuda.set_device
+    rejects a bare "cuda", and under torchrun each process takes the GPU of its LOCAL_RANK."""
+    dev = parse_device(name)
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: CUDA is not available here; use --device cpu")
+    count = torch.cuda.device_count()
+    index = local_rank if world > 1 else (dev.index if dev.index is not None else torch.cuda.current_device())
+    if index >= count:
+        raise ConfigError(f"device cuda:{index}: this machine has {count} GPU(s); use cuda:0 to cuda:{count - 1}")
+    dev = torch.device("cuda", index)
+    torch.cuda.set_device(dev)
     return dev
 
 
@@ -493,7 +585,7 @@ def _evaluate(model: nn.Module, loader: data_lib.DeviceLoader, config: RunConfig
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     wrong = torch.zeros((), dtype=torch.int64, device=dev)
     n = 0
-    with torch.inference_mode(), autocast(config, dev):
+    with torch.inference_mode(), autocast(config.amp, dev):
         for x, y, _ in loader.batches():
             out = model(x).float()
             loss_sum += F.cross_entropy(out, y, reduction="sum").double()
@@ -550,6 +642,47 @@ def _summarise(config: RunConfig, h: str, rows: list[dict[str, Any]], extra: dic
     return s
 
 
+class RunLock:
+    """An exclusive lock on a run folder for the whole run, so two processes never write one folder.
+
+    An OS file lock (fcntl.flock on `<run>/.lock`): the kernel releases it when the process ends,
+    however it ends, so a killed run never leaves a stale lock behind. The file names the holder.
+    Where fcntl does not exist (Windows) runs are not locked.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.file = folder, None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.folder / ".lock", "a+", encoding="utf-8")
+        except OSError as e:
+            raise OutputNotWritableError(f"cannot write the run folder {self.folder} ({e.strerror or e}): "
+                                         "choose a writable --out (out=...)") from None
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise RunLockedError(f"{self.folder} is in use by {holder}: wait for that run to end (or stop it), "
+                                 "then try again") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"process {os.getpid()} on {platform.node()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None and not self.file.closed:
+            self.file.close()  # closing releases the lock
+
+
 def train(config: RunConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train (or continue, or look up) one run and return its summary (see summary.json).
 
@@ -557,40 +690,61 @@ def train(config: RunConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
     interrupt a run).
     """
     config = config.validate().resolved()
-    source = data_lib.resolve_source(config.dataset, config.data_root, config.data_source, config.download)
-    h = config_hash(config, source.id)
-    done = find_finished(config, h)
+    source, h, done = locate_run(config)
     if done is not None:
-        s = read_summary(done)
-        s["cached"] = True
-        return s
+        return read_summary(done) | {"cached": True}
 
     run_dir = Path(config.out) / config.experiment / run_name(config, h)
-    ckpt_path = run_dir / CHECKPOINT
-    if ckpt_path.exists() and not config.resume:
-        raise RunExistsError(f"{run_dir} holds an unfinished run (checkpoint.pt): pass --resume (resume=True) to "
-                             "continue it, or delete the folder to start over")
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with RunLock(run_dir) if main_process else contextlib.nullcontext():
+        ckpt_path = run_dir / CHECKPOINT
+        if ckpt_path.exists() and not config.resume:
+            raise RunExistsError(f"{run_dir} holds an unfinished run (checkpoint.pt): pass --resume (resume=True) "
+                                 "to continue it, or delete the folder to start over")
+        if config.resume and not ckpt_path.exists() and main_process and config.progress != "none":
+            print(f"{run_name(config, h)}: nothing to resume in {run_dir} (no checkpoint.pt): starting the run",
+                  file=sys.stderr)
+        saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+                 torch.backends.cudnn.benchmark)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        d = _Dist()
+        try:
+            dev = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")),
+                              int(os.environ.get("WORLD_SIZE", "1")))
+            d = _setup_dist(dev.type)
+            return _train(config, h, source, run_dir, dev, d, on_epoch_end)
+        finally:
+            if d.initialised_here:
+                dist.destroy_process_group()
+            torch.set_num_threads(saved[0])
+            torch.use_deterministic_algorithms(saved[1])
+            torch.backends.cudnn.benchmark = saved[2]
 
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.backends.cudnn.benchmark)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    d = _Dist()
-    try:
-        dev = _pick_device(config, _Dist(local_rank=int(os.environ.get("LOCAL_RANK", "0"))))
-        d = _setup_dist(dev.type)
-        return _train(config, h, source, run_dir, ckpt_path, dev, d, on_epoch_end)
-    finally:
-        if d.initialised_here:
-            dist.destroy_process_group()
-        torch.set_num_threads(saved[0])
-        torch.use_deterministic_algorithms(saved[1])
-        torch.backends.cudnn.benchmark = saved[2]
+
+@dataclass
+class _Session:
+    """What one process trains with: set up once by `_setup`, restored from a checkpoint by `_restore`."""
+
+    config: RunConfig
+    dev: torch.device
+    d: _Dist
+    data: data_lib.Data
+    train_loader: data_lib.DeviceLoader
+    eval_loaders: dict[str, data_lib.DeviceLoader]  # "test", and "val" where the protocol has one
+    model: nn.Module            # the parameters (what checkpoints hold)
+    step_model: nn.Module       # what the training step calls: DDP and/or compiled around `model`
+    eval_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    fast_blocks: bool
+    n_params: int
+    rows: list[dict[str, Any]] = field(default_factory=list)  # metrics of the finished epochs
+    start_epoch: int = 0
 
 
-def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path, ckpt_path: Path,
-           dev: torch.device, d: _Dist, on_epoch_end) -> dict[str, Any]:
-    t_setup = time.perf_counter()
+def _setup(config: RunConfig, source: data_lib.SourceInfo, dev: torch.device, d: _Dist) -> _Session:
+    """Data on the device, the model, its optimizer and scaler; numerics and speed knobs applied."""
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -598,15 +752,13 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
         torch.backends.cudnn.benchmark = not config.deterministic  # fastest conv algorithms for fixed shapes
         torch.backends.cuda.matmul.allow_tf32 = True                # TF32 where allowed (Ampere+)
         torch.backends.cudnn.allow_tf32 = True
-
+    if config.batch_size % d.world:
+        raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {d.world} processes")
     data = data_lib.load_data(config.dataset, config.data_root, config.data_source, dev, config.train_subset,
                               config.test_subset, config.download, resolved=source)
-    if config.batch_size % d.world:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {d.world} processes")
     train_loader = data.train_loader(config.batch_size, config.seed, d.rank, d.world, config.channels_last)
-    test_loader = data.eval_loader("test", config.eval_batch_size, d.rank, d.world, config.channels_last)
-    val_loader = (data.eval_loader("val", config.eval_batch_size, d.rank, d.world, config.channels_last)
-                  if data.val_x is not None else None)
+    eval_loaders = {split: data.eval_loader(split, config.eval_batch_size, d.rank, d.world, config.channels_last)
+                    for split in ("test", "val") if split == "test" or data.val_x is not None}
 
     torch.manual_seed(config.seed)  # the same initial weights in every process
     model = build_model(config, data.num_classes).to(dev)
@@ -618,119 +770,168 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if dev.type == "cuda" else _convert_bn(model)
     optimizer = build_optimizer(config, model)
     scaler = torch.amp.GradScaler(dev.type, enabled=config.amp == "fp16")
-
-    rows: list[dict[str, Any]] = []
-    start_epoch = 0
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, h)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        rows = state["rows"]
-        start_epoch = state["epoch"]
-        rng = state["rng"]
-        if len(rng) == d.world:
-            torch.set_rng_state(rng[d.rank]["cpu"])
-            if dev.type == "cuda" and rng[d.rank].get("cuda") is not None:
-                torch.cuda.set_rng_state(rng[d.rank]["cuda"], dev)
-        else:  # resumed with another number of processes: dropout masks cannot continue exactly
-            torch.manual_seed(config.seed + 1000 * start_epoch + d.rank)
-    else:
-        torch.manual_seed(config.seed + d.rank)  # dropout: different masks in each process
-
     step_model: nn.Module = model
     if d.world > 1:
         step_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     if config.compile:
         step_model = torch.compile(step_model)
     eval_model = torch.compile(model) if config.compile else model
+    return _Session(config, dev, d, data, train_loader, eval_loaders, model, step_model, eval_model, optimizer,
+                    scaler, fast_blocks, n_params)
 
+
+def _restore(s: _Session, ckpt_path: Path, h: str) -> None:
+    """Continue from the checkpoint if there is one, else seed the dropout of a new run."""
+    if not ckpt_path.exists():
+        torch.manual_seed(s.config.seed + s.d.rank)  # dropout: different masks in each process
+        return
+    state = load_checkpoint(ckpt_path, h)
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scaler.load_state_dict(state["scaler"])
+    s.rows, s.start_epoch = state["rows"], state["epoch"]
+    rng = state["rng"]
+    if len(rng) == s.d.world:
+        torch.set_rng_state(rng[s.d.rank]["cpu"])
+        if s.dev.type == "cuda" and rng[s.d.rank].get("cuda") is not None:
+            torch.cuda.set_rng_state(rng[s.d.rank]["cuda"], s.dev)
+    else:  # resumed with another number of processes: dropout masks cannot continue exactly
+        torch.manual_seed(s.config.seed + 1000 * s.start_epoch + s.d.rank)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, x: torch.Tensor,
+               y: torch.Tensor, global_n: int, amp: str = "none", world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step of the recipe: the one step the engine trains with and the benchmarks time.
+
+    Returns the per-sample losses and the logits, detached. The loss is the mean over the *global*
+    batch: DDP averages gradients over processes, so each process scales its sum by world/global_n
+    (exact even for an uneven last batch).
+    """
+    with autocast(amp, x.device):
+        out = model(x)
+        per_sample = F.cross_entropy(out.float(), y, reduction="none")  # (b,)
+    loss = per_sample.sum() * (world / global_n)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return per_sample.detach(), out.detach()
+
+
+def _train_epoch(s: _Session, epoch: int, name: str, say: Callable[[str], None], bar: bool) -> dict[str, Any]:
+    """One epoch over every training image; returns the epoch's row without the evaluation."""
+    config, dev, d = s.config, s.dev, s.d
+    lr = lr_at(config, epoch)
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    s.step_model.train()
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    wrong = torch.zeros((), dtype=torch.int64, device=dev)
+    n_local = 0
+    batches = s.train_loader.batches(epoch)
+    if bar:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=len(s.train_loader), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
+    for step, (x, y, global_n) in enumerate(batches):
+        per_sample, out = train_step(s.step_model, s.optimizer, s.scaler, x, y, global_n, config.amp, d.world)
+        loss_sum += per_sample.sum().double()
+        wrong += (out.argmax(1) != y).sum()
+        n_local += len(y)
+        if step == ESTIMATE_AFTER_STEPS and epoch == s.start_epoch:
+            _say_cost(s, name, epoch, t0, step + 1, say)
+        if step % 50 == 49 and not torch.isfinite(loss_sum):
+            break  # no point finishing a diverged epoch
+    train_loss, train_wrong, n = d.sum([loss_sum.item(), wrong.item(), n_local], dev)
+    if not math.isfinite(train_loss):
+        ckpt = Path(config.out) / config.experiment / name / CHECKPOINT
+        kept = (f"the checkpoint of epoch {s.rows[-1]['epoch']} is kept in {ckpt}" if s.rows
+                else "no checkpoint had been written yet")
+        raise TrainingDiverged(f"{name}: the training loss became {train_loss} in epoch {epoch + 1} (lr {lr:g}); "
+                               f"stopped, {kept}. {_divergence_advice(config.amp)}.")
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    epoch_time = time.perf_counter() - t0
+    return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss / n, "train_err_pct": 100.0 * train_wrong / n,
+            "epoch_time_s": round(epoch_time, 3), "train_images_per_s": round(n / epoch_time, 1)}
+
+
+def _divergence_advice(amp: str) -> str:
+    return "Lower the learning rate" + (" or use amp='none'" if amp != "none" else "")
+
+
+ESTIMATE_AFTER_STEPS = 5  # steps timed (after the first, which pays for warm-up) to predict the run's cost
+
+
+def _say_cost(s: _Session, name: str, epoch: int, t0: float, steps: int, say: Callable[[str], None]) -> None:
+    """What the rest of the run will cost on this machine, timed from its first steps."""
+    per_step = (time.perf_counter() - t0) / steps
+    remaining = per_step * len(s.train_loader) * (s.config.epochs - epoch)
+    say(f"{name}: {per_step:.3g} s per step on {device_name(s.dev)}; the {s.config.epochs - epoch} epoch(s) to go "
+        f"will take about {_duration(remaining)} (evaluation not included)")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _save(s: _Session, ckpt_path: Path, h: str, run_dir: Path) -> None:
+    """Checkpoint after an epoch (atomic), with every process's RNG state; then the metrics."""
+    dev, d = s.dev, s.d
+    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
+    rngs = [None] * d.world
+    if d.world > 1:
+        dist.all_gather_object(rngs, rng)
+    else:
+        rngs = [rng]
     if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(ckpt_path, {
+            "version": CHECKPOINT_VERSION, "config_hash": h, "epoch": s.rows[-1]["epoch"],
+            "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
+            "rows": s.rows, "rng": rngs, "config": s.config.to_dict()})
+        _write_metrics(run_dir / "metrics.csv", s.rows)
+    d.barrier()
+
+
+WEIGHTS = "weights.pt"  # a finished run's final model state_dict (the checkpoint is dropped then)
+
+
+def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path, dev: torch.device, d: _Dist,
+           on_epoch_end) -> dict[str, Any]:
+    t_setup = time.perf_counter()
+    ckpt_path = run_dir / CHECKPOINT
+    s = _setup(config, source, dev, d)
+    _restore(s, ckpt_path, h)
+    name = run_name(config, h)
+    if d.main:
         from densenet_repro.provenance import versions
 
         cfg = config.to_dict() | {"config_hash": h, "data_source_id": source.id, "data_source": source.description,
-                                  "versions": versions(), "world_size": d.world, "params": n_params}
+                                  "versions": versions(), "world_size": d.world, "params": s.n_params}
         atomic_write_text(run_dir / "config.json", json.dumps(cfg, indent=1, default=str) + "\n")
-        if rows:
-            _write_metrics(run_dir / "metrics.csv", rows)  # drop rows of an epoch the checkpoint lacks
-    name = run_name(config, h)
+        if s.rows:
+            _write_metrics(run_dir / "metrics.csv", s.rows)  # drop rows of an epoch the checkpoint lacks
     bar = _use_bar(config.progress) and d.main
-    say = (lambda s: None) if (config.progress == "none" or not d.main) else (lambda s: print(s, flush=True))
-    if start_epoch:
-        say(f"{name}: resuming after epoch {start_epoch}/{config.epochs}")
-    elif d.main:
-        say(f"{name}: {config.model} ({n_params / 1e6:.2f}M params) on {config.dataset} "
-            f"[{data.info['train']} train / {data.info['test']} test images; {source.description}], "
+    say = (lambda m: None) if (config.progress == "none" or not d.main) else (lambda m: print(m, flush=True))
+    if s.start_epoch:
+        say(f"{name}: resuming after epoch {s.start_epoch}/{config.epochs}")
+    else:
+        say(f"{name}: {config.model} ({s.n_params / 1e6:.2f}M params) on {config.dataset} "
+            f"[{s.data.info['train']} train / {s.data.info['test']} test images; {source.description}], "
             f"{config.epochs} epochs, {device_name(dev)}, {d.world} process(es)")
     setup_s = time.perf_counter() - t_setup
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
-    for epoch in range(start_epoch, config.epochs):
-        lr = lr_at(config, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        wrong = torch.zeros((), dtype=torch.int64, device=dev)
-        n_local = 0
-        batches = train_loader.batches(epoch)
-        if bar:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, total=len(train_loader), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
-        for step, (x, y, global_n) in enumerate(batches):
-            with autocast(config, dev):
-                out = step_model(x)
-                per_sample = F.cross_entropy(out.float(), y, reduction="none")  # (b,)
-            # The mean over the *global* batch: DDP averages gradients over processes, so each
-            # process scales its sum by world/global_n (exact even for an uneven last batch).
-            loss = per_sample.sum() * (d.world / global_n)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += per_sample.detach().sum().double()
-            wrong += (out.detach().argmax(1) != y).sum()
-            n_local += len(y)
-            if step % 50 == 49 and not torch.isfinite(loss_sum):
-                break  # no point finishing a diverged epoch
-        train_loss, train_wrong, n = d.sum([loss_sum.item(), wrong.item(), n_local], dev)
-        if not math.isfinite(train_loss):
-            kept = f"the checkpoint of epoch {start_epoch if not rows else rows[-1]['epoch']} is kept in {ckpt_path}" \
-                if ckpt_path.exists() else "no checkpoint had been written yet"
-            raise TrainingDiverged(f"{name}: the training loss became {train_loss} in epoch {epoch + 1} (lr {lr:g}); "
-                                   f"stopped, {kept}. Lower the learning rate or use amp='none'.")
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        epoch_time = time.perf_counter() - t0
-
+    for epoch in range(s.start_epoch, config.epochs):
+        row = _train_epoch(s, epoch, name, say, bar)
         t1 = time.perf_counter()
-        test_loss, test_err = _evaluate(eval_model, test_loader, config, dev, d)
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss / n,
-                               "train_err_pct": 100.0 * train_wrong / n, "test_loss": test_loss,
-                               "test_err_pct": test_err}
-        if val_loader is not None:
-            row["val_loss"], row["val_err_pct"] = _evaluate(eval_model, val_loader, config, dev, d)
-        row.update(epoch_time_s=round(epoch_time, 3), eval_time_s=round(time.perf_counter() - t1, 3),
-                   train_images_per_s=round(n / epoch_time, 1))
-        rows.append(row)
-
-        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
-        rngs = [None] * d.world
-        if d.world > 1:
-            dist.all_gather_object(rngs, rng)
-        else:
-            rngs = [rng]
-        if d.main:
-            save_checkpoint(ckpt_path, {
-                "version": CHECKPOINT_VERSION, "config_hash": h, "epoch": epoch + 1, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rows": rows, "rng": rngs,
-                "config": config.to_dict()})
-            _write_metrics(run_dir / "metrics.csv", rows)
-        d.barrier()
+        for split, loader in s.eval_loaders.items():
+            row[f"{split}_loss"], row[f"{split}_err_pct"] = _evaluate(s.eval_model, loader, config, dev, d)
+        row["eval_time_s"] = round(time.perf_counter() - t1, 3)
+        s.rows.append(row)
+        _save(s, ckpt_path, h, run_dir)
         line = _epoch_line(name, row, config.epochs)
         if bar:
             from tqdm.auto import tqdm
@@ -741,16 +942,19 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
 
-    summary = _summarise(config, h, rows, {
-        "params": n_params, "device": device_name(dev), "device_type": dev.type, "world_size": d.world,
+    summary = _summarise(config, h, s.rows, {
+        "params": s.n_params, "device": device_name(dev), "device_type": dev.type, "world_size": d.world,
         "amp": config.amp, "channels_last": config.channels_last, "compile": config.compile,
-        "fast_blocks": fast_blocks, "setup_time_s": round(setup_s, 2), "data": data.info, "python": platform.python_version(),
+        "fast_blocks": s.fast_blocks, "setup_time_s": round(setup_s, 2), "data": s.data.info,
+        "python": platform.python_version(), "hardware": hardware(dev),
         # peak memory of tensors allocated by PyTorch on the GPU during training and evaluation
         "peak_gpu_memory_gib": (round(torch.cuda.max_memory_allocated(dev) / 2**30, 3) if dev.type == "cuda"
                                 else None),
         "torch": torch.__version__})
     if d.main:
+        save_checkpoint(run_dir / WEIGHTS, s.model.state_dict())
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+        ckpt_path.unlink(missing_ok=True)  # finished: the summary and the final weights are what is kept
         say(f"{name}: done; final test error {summary['final_test_error_pct']:.2f}%, best "
             f"{summary['best_test_error_pct']:.2f}% (epoch {summary['best_epoch']}), "
             f"{summary['wall_time_s']:.0f} s")
@@ -758,6 +962,16 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
     summary["run_dir"] = run_dir.as_posix()
     summary["cached"] = False
     return summary
+
+
+def hardware(dev: torch.device) -> dict[str, Any]:
+    """What decides a run's speed on this machine: the device, and on CPU its vector ISA and bf16."""
+    if dev.type == "cuda":
+        return {"gpu": torch.cuda.get_device_name(dev), "capability": ".".join(map(str, torch.cuda.get_device_capability(dev)))}
+    from densenet_repro.provenance import cpu_model
+
+    return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "threads": torch.get_num_threads()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -850,6 +1064,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg.sync_bn = not args.no_sync_bn
     cfg.download = not args.no_download
     cfg.out, cfg.results, cfg.resume, cfg.progress = args.out, args.results or None, args.resume, args.progress
+    if args.data_root and cfg.data_source == "synthetic":
+        raise ConfigError(f"--data-root is not read: this run trains on synthetic data (--budget {args.budget}); "
+                          "drop --data-root, or pass --data-source auto to train on the real dataset")
     return cfg
 
 
@@ -859,7 +1076,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args).validate()
         summary = train(config)
-    except (ValueError, FileNotFoundError, RunExistsError, CheckpointError, TrainingDiverged, ImportError) as e:
+    except UserError as e:  # anything else is a bug in this package: it keeps its traceback
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     if summary.get("cached"):

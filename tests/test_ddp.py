@@ -27,7 +27,8 @@ ARGS = ["--model", "densenet40_k12", "--dataset", "c10+", "--budget", "smoke", "
 
 def _checkpoint(out: Path) -> tuple[pd.DataFrame, dict]:
     run = next((out / "train").iterdir())
-    return pd.read_csv(run / "metrics.csv"), torch.load(run / "checkpoint.pt", weights_only=False)
+    return pd.read_csv(run / "metrics.csv"), {"config_hash": T.read_summary(run)["config_hash"],
+                                              "model": torch.load(run / T.WEIGHTS)}
 
 
 def test_two_processes_agree_with_one(tmp_path):

@@ -222,8 +222,8 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     a = pd.read_csv(Path(straight["run_dir"]) / "metrics.csv").drop(columns=TIME_COLUMNS)
     b = pd.read_csv(Path(resumed["run_dir"]) / "metrics.csv").drop(columns=TIME_COLUMNS)
     pd.testing.assert_frame_equal(a, b, check_exact=True)
-    wa = torch.load(Path(straight["run_dir"]) / "checkpoint.pt", weights_only=False)["model"]
-    wb = torch.load(Path(resumed["run_dir"]) / "checkpoint.pt", weights_only=False)["model"]
+    wa = torch.load(Path(straight["run_dir"]) / T.WEIGHTS)
+    wb = torch.load(Path(resumed["run_dir"]) / T.WEIGHTS)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

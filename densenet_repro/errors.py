@@ -1,0 +1,55 @@
+"""The errors a user can fix: bad input, missing data, a run folder in the way.
+
+Every command prints a `UserError` as one line ("<command>: error: <what to do>") and exits 1 (2
+for a bad command-line argument). Any other exception is a bug in this package: it propagates with
+its traceback, so that it is never mistaken for a user's mistake.
+
+Each class also derives from the built-in exception a caller would expect (ValueError for a bad
+value, FileNotFoundError for missing data, ...), so `except ValueError` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Something the user can fix; the message says what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad value: an option, a model argument, a device, a budget."""
+
+
+class DataNotFoundError(UserError, FileNotFoundError):
+    """The dataset is not in data_root and cannot be downloaded; the message says where to put it."""
+
+
+class DataReadError(UserError, ValueError):
+    """The dataset is there but cannot be read (a corrupt archive, a file where a folder belongs)."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that cannot be used: unreadable, or written by a different config."""
+
+
+class ResultFileError(UserError, ValueError):
+    """A summary.json that is not what the engine writes; it is never used as a result."""
+
+
+class RunExistsError(UserError, RuntimeError):
+    """An unfinished run is in the way and `resume` was not asked for."""
+
+
+class RunLockedError(UserError, RuntimeError):
+    """Another process is training in the same run folder."""
+
+
+class OutputNotWritableError(UserError, OSError):
+    """The run folder cannot be created or written."""
+
+
+class MissingPackageError(UserError, ImportError):
+    """An optional package that this use needs is not installed; the message names it."""
+
+
+class TrainingDiverged(UserError, RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
