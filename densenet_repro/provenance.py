@@ -7,7 +7,8 @@ A notebook calls two functions from this module:
     provenance.start(budget=budget, data_root=data_root, device=device, seed=seed)
 
     # anywhere later, as often as needed (values merge; the last dataset wins):
-    provenance.record(headlines={"densenet121 GMACs": 2.83}, dataset="none", files=["results/x.csv"])
+    provenance.record(headlines={"densenet121 GMACs": 2.83}, dataset="none", files=["results/x.csv"],
+                      coverage=[coverage.entry("Table 1", "layer configuration", "exact")])
 
 `start` validates the parameters (unknown budget, unusable device -> one-line ValueError), seeds
 python/numpy/torch, makes the repository root the working directory (so relative paths such as
@@ -19,6 +20,9 @@ Both functions emit IPython display outputs that carry, besides HTML and plain t
 under a private mime type (PROVENANCE_MIME, RECORD_MIME). The report pipeline
 (densenet_repro.reports) reads those payloads back from the executed notebook, adds what only it
 knows (wall time, status) to the provenance block, and builds reports/index.{html,json} from them.
+`record` also hashes the package's source files that the kernel has imported by then (the code the
+notebook ran), so that a report goes stale when that code changes, not only when its notebook or
+result files do.
 
 This module must import without papermill/nbconvert (the GPU machine lacks them).
 """
@@ -33,6 +37,7 @@ import os
 import platform
 import random
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -140,6 +145,25 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def loaded_code(root: Path | None = None) -> dict[str, str]:
+    """sha256 of every densenet_repro source file imported in this process (path relative to the repo)."""
+    root = root or repo_root()
+    out = {}
+    for name, mod in sorted(sys.modules.items()):
+        if not (name == "densenet_repro" or name.startswith("densenet_repro.")):
+            continue
+        f = getattr(mod, "__file__", None)
+        if not f or not f.endswith(".py") or not os.path.isfile(f):
+            continue
+        p = Path(f).resolve()
+        try:
+            key = p.relative_to(root).as_posix() if root is not None else p.as_posix()
+        except ValueError:
+            key = p.as_posix()
+        out[key] = sha256_file(p)
+    return out
+
+
 def _describe_data_root(data_root: str, budget: str, uses_data: bool) -> str:
     if not uses_data:
         return "none: this notebook reads no dataset"
@@ -187,9 +211,15 @@ def provenance_rows(info: Mapping[str, Any]) -> list[tuple[str, str]]:
         if info.get("error"):
             status += f": {info['error']}"
         rows.append(("Status", status))
+    if info.get("uses_data", True):
+        budget_text = f"{info.get('budget')} ({BUDGET_MEANING.get(info.get('budget'), '?')})"
+    else:
+        budget_text = (f"{info.get('budget')} (this notebook reads no data and trains nothing: every budget "
+                       "runs the same computation)")
     rows += [
-        ("Budget", f"{info.get('budget')} ({BUDGET_MEANING.get(info.get('budget'), '?')})"),
-        ("Parameters", f"data_root={info.get('data_root')!r}, device={info.get('device')!r}, seed={info.get('seed')!r}"),
+        ("Budget", budget_text),
+        ("Parameters", (f"data_root={info.get('data_root')!r}, " if info.get("uses_data", True) else "")
+         + f"device={info.get('device')!r}, seed={info.get('seed')!r}"),
         ("Dataset", str(info.get("dataset", "?"))),
         ("Hardware", hw_text),
         ("Software", ", ".join(f"{k} {val}" for k, val in v.items())),
@@ -223,6 +253,14 @@ def record_html(payload: Mapping[str, Any]) -> str:
                        f"<td style='text-align:right'>{html.escape(_fmt_value(v))}</td></tr>"
                        for k, v in payload["headlines"].items())
         parts.append(f"<b>Headline numbers</b><table>{rows}</table>")
+    if payload.get("coverage"):
+        from densenet_repro import coverage
+
+        items = "".join(f"<li>{html.escape(e['item'])}, {html.escape(e['aspect'])}: "
+                        f"<b>{html.escape(coverage.status_text(e))}</b>"
+                        + (f" ({html.escape(e['note'])})" if e.get("note") else "") + "</li>"
+                        for e in payload["coverage"])
+        parts.append(f"<b>Paper items covered here:</b><ul>{items}</ul>")
     if payload.get("dataset"):
         parts.append(f"<b>Dataset used:</b> {html.escape(payload['dataset'])}")
     if payload.get("files"):
@@ -319,6 +357,7 @@ def start(budget: str, data_root: str, device: str = "cpu", seed: int = 0, *,
         "device": device,
         "seed": seed,
         "dataset": _describe_data_root(data_root, budget, uses_data),
+        "uses_data": bool(uses_data),
         "hardware": hardware(device),
         "versions": versions(),
         "commit": commit,
@@ -345,7 +384,7 @@ def _normalise_file(path: str | os.PathLike) -> str:
 
 
 def record(headlines: Mapping[str, Any] | None = None, dataset: str | None = None,
-           files: Iterable[str | os.PathLike] = ()) -> None:
+           files: Iterable[str | os.PathLike] = (), coverage: Iterable[Mapping[str, Any]] = ()) -> None:
     """Hand headline numbers, the dataset actually used and the result files read to the report index.
 
     Args:
@@ -355,6 +394,11 @@ def record(headlines: Mapping[str, Any] | None = None, dataset: str | None = Non
         dataset: the dataset source this notebook actually used (overrides the guess of `start`).
         files: result files this notebook read; their sha256 goes into the index so that a report
             becomes stale (a test fails) when one of them changes.
+        coverage: which items of the paper this notebook covers and how (densenet_repro.coverage.entry);
+            the index's coverage table is computed from these (and from the Table 2 runs in `files`).
+
+    Headlines keep the order given (the conservative reading first). The sha256 of every package
+    source file imported so far is recorded too (`loaded_code`).
 
     Can be called several times; the pipeline merges the calls (headlines update, files add up).
     """
@@ -371,6 +415,10 @@ def record(headlines: Mapping[str, Any] | None = None, dataset: str | None = Non
     if isinstance(files, (str, os.PathLike)):
         files = [files]
     hashes = {_normalise_file(f): sha256_file(f) for f in files}
-    payload = {"headlines": headlines, "dataset": dataset, "files": list(hashes), "sha256": hashes}
+    from densenet_repro import coverage as _coverage
+
+    entries = _coverage.check_entries(coverage)
+    payload = {"headlines": headlines, "order": list(headlines), "dataset": dataset, "files": list(hashes),
+               "sha256": hashes, "coverage": entries, "code": loaded_code()}
     _display({"text/html": record_html(payload), "text/plain": json.dumps(payload, indent=1),
               RECORD_MIME: payload})

@@ -39,11 +39,16 @@ def rendered(tmp_path_factory):
     result_file = base / "result.csv"
     result_file.write_text("a,b\n1,2\n")
     _notebook(nbdir / "01_ok.ipynb", [
-        "import sys, matplotlib.pyplot as plt\nfrom densenet_repro import plots\nplots.set_style()",
+        "import sys, matplotlib.pyplot as plt\nfrom densenet_repro import plots, coverage\nplots.set_style()",
         "fig, ax = plots.figure()\nax.plot([0, 1, 2], [2, 0, 1])\nplt.show()",
-        f"provenance.record(headlines={{'answer': 42.0, 'python': sys.executable}}, dataset='tiny', "
-        f"files=[{str(result_file)!r}])",
+        f"provenance.record(headlines={{'zeta first': 1.0, 'answer': 42.0, 'python': sys.executable}}, "
+        f"dataset='tiny', files=[{str(result_file)!r}], "
+        f"coverage=[coverage.entry('Table 1', 'layer configuration', 'exact', 'tiny')])",
     ])
+    # a markdown heading before the plot: the image's alt text comes from it
+    nb = nbformat.read(str(nbdir / "01_ok.ipynb"), as_version=4)
+    nb.cells.insert(4, new_markdown_cell("## A zigzag line\n\nThree points joined. More text."))
+    nbformat.write(nb, str(nbdir / "01_ok.ipynb"))
     _notebook(nbdir / "02_fail.ipynb", ["raise RuntimeError('boom in the notebook')", "print('never reached')"])
     code = reports.main(["--budget", "smoke", "--notebooks", str(nbdir), "--out", str(out)])
     index = json.loads((out / "index.json").read_text())
@@ -81,7 +86,8 @@ def test_ok_report(rendered):
 def test_failed_notebook_still_gets_a_report(rendered):
     row, out = rendered["rows"]["02_fail"], rendered["out"]
     assert row["status"] == "failed" and "boom in the notebook" in row["error"]
-    html = (out / "02_fail.html").read_text()
+    assert row["html"] == "02_fail.failed.html" and not (out / "02_fail.html").exists()
+    html = (out / "02_fail.failed.html").read_text()
     assert "boom in the notebook" in html and "RuntimeError" in html
     assert "Provenance" in html and "failed" in html
     assert "never reached" not in html
@@ -89,9 +95,54 @@ def test_failed_notebook_still_gets_a_report(rendered):
 
 def test_index_html_lists_every_report(rendered):
     html = (rendered["out"] / "index.html").read_text()
-    for name in ("01_ok", "02_fail"):
-        assert f"href='{name}.html'" in html
+    assert "href='01_ok.html'" in html and "href='02_fail.failed.html'" in html
     assert "answer" in html and "failed" in html
+    assert "no good report yet" in html
+
+
+def test_headlines_keep_their_order_and_code_is_hashed(rendered):
+    row = rendered["rows"]["01_ok"]
+    assert list(row["headlines"]) == ["zeta first", "answer", "python"]
+    assert "densenet_repro/provenance.py" in row["code"]
+    assert row["code"]["densenet_repro/plots.py"] == provenance.sha256_file(ROOT / "densenet_repro" / "plots.py")
+
+
+def test_images_have_alt_text(rendered):
+    html = (rendered["out"] / "01_ok.html").read_text()
+    assert "No description has been provided" not in html
+    assert "alt=\"Figure in section 'A zigzag line': Three points joined.\"" in html
+
+
+def test_failed_render_keeps_the_last_good_report(rendered, tmp_path):
+    import shutil
+
+    nbdir, out = tmp_path / "notebooks", tmp_path / "out"
+    shutil.copytree(rendered["nbdir"], nbdir)
+    shutil.copytree(rendered["out"], out)
+    good = (out / "01_ok.html").read_bytes()
+    nb = nbformat.read(str(nbdir / "01_ok.ipynb"), as_version=4)
+    nb.cells.insert(3, new_code_cell("raise OSError('no dataset here')"))
+    nbformat.write(nb, str(nbdir / "01_ok.ipynb"))
+    assert reports.main(["--budget", "smoke", "--notebooks", str(nbdir), "--out", str(out), "--only", "01"]) == 1
+    assert (out / "01_ok.html").read_bytes() == good  # the good report is untouched
+    assert "no dataset here" in (out / "01_ok.failed.html").read_text()
+    row = {r["name"]: r for r in reports.read_index(out)}["01_ok"]
+    assert row["status"] == "ok" and row["html"] == "01_ok.html"
+    assert row["failed_attempt"]["html"] == "01_ok.failed.html" and "no dataset here" in row["failed_attempt"]["error"]
+    index = (out / "index.html").read_text()
+    assert "last good report" in index and "href='01_ok.failed.html'" in index
+    assert any(s.startswith("01_ok: latest render failed") for s in reports.stale_reports(out))
+    # a later good render removes the failure page and the note
+    nbformat.write(nbformat.read(str(rendered["nbdir"] / "01_ok.ipynb"), as_version=4), str(nbdir / "01_ok.ipynb"))
+    row = reports.merge_row(row, dict(row, failed_attempt=None, status="ok"), out)
+    assert not row.get("failed_attempt")
+
+
+def test_merge_row_without_a_good_report_keeps_the_failure(tmp_path):
+    new = {"name": "x", "status": "failed", "html": "x.failed.html"}
+    assert reports.merge_row(None, new, tmp_path) is new
+    assert reports.merge_row({"name": "x", "status": "ok", "html": "x.html"}, new, tmp_path) is new  # no x.html
+
 
 
 def test_staleness_detects_changes(rendered):
@@ -116,6 +167,33 @@ def test_staleness_detects_changes(rendered):
         assert "03_new: notebook has no report" in reports.stale_reports(out, nbdir)
     finally:
         (nbdir / "03_new.ipynb").unlink()
+
+
+def test_staleness_covers_the_package_code(rendered, tmp_path):
+    """A report goes stale when a package source file it imported changes, or when it has no code hashes."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(rendered["out"], out)
+    index = json.loads((out / "index.json").read_text())
+    row = next(r for r in index["reports"] if r["name"] == "01_ok")
+    assert reports.stale_reports(out) == reports.stale_reports(rendered["out"])
+    row["code"]["densenet_repro/plots.py"] = "0" * 64  # as if plots.py had changed since the render
+    (out / "index.json").write_text(json.dumps(index))
+    assert "01_ok: package file densenet_repro/plots.py changed since the report was rendered" in \
+        reports.stale_reports(out)
+    row["code"] = None
+    (out / "index.json").write_text(json.dumps(index))
+    assert any(s.startswith("01_ok: no package code hashes") for s in reports.stale_reports(out))
+
+
+def test_default_data_root_is_inside_the_repo(monkeypatch, tmp_path):
+    monkeypatch.delenv("DENSENET_DATA", raising=False)
+    assert reports.default_data_root(None, ROOT) == "data"
+    assert reports.build_parser().parse_args([]).data_root is None
+    monkeypatch.setenv("DENSENET_DATA", str(tmp_path))
+    assert reports.default_data_root(None, ROOT) == tmp_path.as_posix()
+    assert reports.default_data_root(str(tmp_path / "x"), ROOT) == (tmp_path / "x").as_posix()
 
 
 def test_unknown_parameter_fails_before_running(rendered, tmp_path, capsys):
@@ -182,3 +260,78 @@ def test_committed_reports_are_not_stale():
     rows = reports.read_index(reports_dir)
     assert {r["budget"] for r in rows} == {"cpu"}, "the committed reports are the cpu-budget ones"
     assert all(r["html_bytes"] < reports.MAX_HTML_BYTES for r in rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Coverage of the paper (densenet_repro.coverage), as the index computes it
+# --------------------------------------------------------------------------------------------
+
+
+def _run_summary(folder: Path, model: str, dataset: str, budget: str, experiment: str = "table2") -> str:
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({
+        "finished": True, "model": model, "dataset": dataset, "budget": budget, "experiment": experiment,
+        "epochs": 8, "model_kwargs": {"depth": 22}, "final_test_error_pct": 49.0}))
+    return (folder / "summary.json").as_posix()
+
+
+def test_coverage_is_computed_from_what_reports_record(tmp_path):
+    from densenet_repro import coverage
+
+    run = _run_summary(tmp_path / "densenet40_k12-c10-x", "densenet40_k12", "c10", "cpu")
+    bench_run = _run_summary(tmp_path / "densenet_bc100_k12-c10+-y", "densenet_bc100_k12", "c10+", "cpu",
+                             experiment="bench/accuracy-fast")
+    rows = [
+        {"name": "01_a", "status": "ok", "files": {}, "coverage": [
+            coverage.entry("Table 1", "layer configuration", "exact"),
+            coverage.entry("Table 2: DenseNet (k = 12), L = 40", "params", "exact")]},
+        {"name": "02_b", "status": "ok", "files": {run: "h", bench_run: "h"}, "coverage": []},
+        {"name": "03_c", "status": "failed", "files": {}, "coverage": [coverage.entry("Table 3", "top-1 and top-5 error",
+                                                                                      "computed")]},
+    ]
+    cov = {c["item"]: c for c in coverage.coverage_rows(rows)}
+    assert [c["item"] for c in coverage.coverage_rows(rows)] == [it.name for it in coverage.PAPER_ITEMS]
+    assert cov["Table 1"]["status"] == "exact"
+    d40 = {a["aspect"]: a for a in cov["Table 2: DenseNet (k = 12), L = 40"]["aspects"]}
+    assert d40["params"]["text"] == "exact" and d40["params"]["where"] == ["01_a"]
+    assert d40["C10"]["text"] == "scaled (cpu budget)" and d40["C10"]["where"] == ["02_b"]
+    assert d40["C100"]["status"] == "planned" and d40["SVHN"]["status"] == "planned"
+    # a run of another experiment is not a Table 2 cell; a failed report covers nothing
+    bc = {a["aspect"]: a for a in cov["Table 2: DenseNet-BC (k = 12), L = 100"]["aspects"]}
+    assert bc["C10+"]["status"] == "planned"
+    assert cov["Table 3"]["status"] == "planned"
+    for item in ("Figure 4 (left)", "Figure 4 (middle)", "Figure 4 (right)", "Figure 5", "Table 2: Wide ResNet, L = 28"):
+        assert cov[item]["status"] == "planned"
+    html = reports.index_html([dict(r, headlines={}, notebook="n", notebook_sha256="0" * 64, budget="cpu",
+                                    dataset="d", device="cpu", wall_time_s=1.0, commit="c", html=r["name"] + ".html",
+                                    error=None) for r in rows])
+    assert html.index("Coverage of the paper") < html.index("<h2>Reports")
+    assert "Figure 5" in html and "planned" in html
+
+
+def test_coverage_entries_are_validated():
+    from densenet_repro import coverage
+
+    with pytest.raises(ValueError, match="unknown paper item"):
+        coverage.entry("Table 9", "x", "exact")
+    with pytest.raises(ValueError, match="no aspect"):
+        coverage.entry("Table 1", "errors", "exact")
+    with pytest.raises(ValueError, match="unknown coverage status"):
+        coverage.entry("Table 1", "layer configuration", "done")
+    with pytest.raises(ValueError, match="names its budget"):
+        coverage.entry("Table 1", "layer configuration", "scaled")
+    with pytest.raises(ValueError, match="unknown paper item"):
+        provenance.record(coverage=[{"item": "Figure 9", "aspect": "x", "status": "exact"}])
+
+
+def test_committed_index_coverage_is_recomputable():
+    from densenet_repro import coverage
+
+    p = ROOT / "reports" / "index.json"
+    if not p.is_file():
+        pytest.skip("no committed reports yet")
+    index = json.loads(p.read_text())
+    assert index.get("coverage") == coverage.coverage_rows(index["reports"], ROOT), \
+        "re-render the index: its coverage table is not what the reports record"
+    planned = {c["item"] for c in index["coverage"] if c["status"] == "planned"}
+    assert {"Table 3", "Figure 4 (left)", "Figure 5"} <= planned
