@@ -63,7 +63,7 @@ def test_tables_targets_plot(tiny_result):
     assert targets["met"].map(lambda v: isinstance(v, bool)).all()
     assert any("3x" in t for t in targets["target"]) and any("1.3x" in t for t in targets["target"])
     assert bench.equivalence_table(tiny_result)["max rel. diff, output"].max() < 1e-4
-    assert set(bench.headlines(tiny_result)) >= {"BC-100 fast path x naive"}
+    assert set(bench.headlines(tiny_result)) >= {"BC-100 fast path x naive fp32 (train)"}
     assert bench.plot(tiny_result, "imagenet") is not None
     assert len(bench.context_table(tiny_result)) > 5
 
@@ -156,3 +156,91 @@ def test_gpu_script_cpu_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
     assert r["modes"][0]["images"] == 64 and r["target_met"] is False and r["full_epoch"] is False
+
+
+def test_memory_efficient_configs_are_what_the_engine_trains():
+    """The benchmark's --memory-efficient rows run the model the training engine builds for that flag."""
+    from densenet_repro import train
+
+    section = bench.SIZES["default"].sections[0]
+    for name in ("ours_memeff", "ours_memeff_bf16_cl"):
+        cfg = next(c for c in bench.CIFAR_CONFIGS if c.name == name)
+        assert cfg.engine and cfg.memory_efficient and not cfg.fast
+        run_cfg = bench.engine_run_config(section, cfg)
+        ours = bench.engine_model(section, cfg)
+        engine = train.build_model(run_cfg, num_classes=10)
+        train._use_fast_blocks(run_cfg, engine, torch.device("cpu"), False)
+        assert [type(m) for m in ours.modules()] == [type(m) for m in engine.modules()]
+        assert not fast_dense.is_fast(engine)  # the engine keeps the plain checkpointed blocks
+        flags = [getattr(m, "memory_efficient", None) for m in engine.modules()]
+        assert True in flags and flags == [getattr(m, "memory_efficient", None) for m in ours.modules()]
+    assert not any(c.fast and c.memory_efficient for c in bench.CIFAR_CONFIGS), \
+        "the fast blocks ignore memory_efficient: such a row would measure the fast mode twice"
+
+
+def _with_speed(result, section, config, values):
+    import copy
+
+    result = copy.deepcopy(result)
+    sec = next(s for s in result["sections"] if s["name"] == section)
+    row = next(r for r in sec["results"] if r["config"] == config)
+    row["train_img_s"] = list(values)
+    row["train"] = bench.summary_stats(list(values))
+    return result
+
+
+def _met(result, target_start, **kw):
+    t = bench.targets(result, **kw)
+    (met,) = t.loc[t["target"].str.startswith(target_start), "met"]
+    return bool(met)
+
+
+def test_targets_can_fail(tiny_result):
+    n = tiny_result["rounds"]
+    fast = [100.0] * n
+    r = _with_speed(tiny_result, "cifar", "fast", fast)
+    r = _with_speed(r, "cifar", "fast_bf16_cl", fast)
+    ok = _with_speed(_with_speed(r, "cifar", "ours_memeff", [90.0] * n), "cifar", "ours_memeff_bf16_cl", [90.0] * n)
+    assert _met(ok, "--memory-efficient at most 25% slower")
+    # the engine's --memory-efficient at 45% of the fast mode: fails (it did, silently, before)
+    slow = _with_speed(ok, "cifar", "ours_memeff", [45.0] * n)
+    assert not _met(slow, "--memory-efficient at most 25% slower")
+    # a result without the memory-efficient rows cannot meet the target
+    import copy
+
+    missing = copy.deepcopy(ok)
+    for sec in missing["sections"]:
+        sec["results"] = [x for x in sec["results"] if "memeff" not in x["config"]]
+    assert not _met(missing, "--memory-efficient at most 25% slower")
+    assert not _met(missing, "--memory-efficient peak memory")
+    # DenseNet-121: x1.5 over torchvision, but the same computation already measures x1.5: not met
+    imn = _with_speed(tiny_result, "imagenet", "torchvision_bf16_cl", [10.0] * n)
+    imn = _with_speed(imn, "imagenet", "fast_bf16_cl", [15.0] * n)
+    assert _met(_with_speed(imn, "imagenet", "ours_bf16_cl", [10.0] * n), "DenseNet-121 training >= 1.3x torchvision's (bf16")
+    assert not _met(_with_speed(imn, "imagenet", "ours_bf16_cl", [15.0] * n),
+                    "DenseNet-121 training >= 1.3x torchvision's (bf16")
+    # the cross-check run must meet a target too
+    good = _with_speed(imn, "imagenet", "ours_bf16_cl", [10.0] * n)
+    t = bench.targets(good, cross_check=_with_speed(good, "imagenet", "fast_bf16_cl", [10.0] * n))
+    row = t[t["target"].str.startswith("DenseNet-121 training >= 1.3x torchvision's (bf16")].iloc[0]
+    assert not row["met"] and [c for c in t.columns if c.startswith("met (") and row[c]]
+
+
+def test_accuracy_target_uses_the_strict_reading(tiny_result):
+    runs = [{"variant": "fp32", "final_test_error_pct": 47.0, "train_images_per_s": 1},
+            {"variant": "fp32", "final_test_error_pct": 47.3, "train_images_per_s": 1},
+            {"variant": "fast", "final_test_error_pct": 45.6, "train_images_per_s": 1},
+            {"variant": "fast", "final_test_error_pct": 46.2, "train_images_per_s": 1}]
+    acc = bench.compare_accuracy(runs, "cpu")  # better by more than the spread: strict False, lenient True
+    assert acc["not_worse_within_spread"] and not acc["same_within_spread"]
+    assert not _met(tiny_result, "... with the same final accuracy", accuracy=acc)
+
+
+def test_committed_targets_read_conservatively():
+    """The committed benchmark's numbers: the engine's --memory-efficient is far slower than the fast mode."""
+    result = bench.load_result(ROOT / bench.DEFAULT_OUT / "bench_default.json")
+    t = bench.targets(result)
+    assert not _met(result, "--memory-efficient at most 25% slower")
+    h = bench.headlines(result, None, t)
+    assert list(h)[0].startswith("targets met")
+    assert h["BC-100 --memory-efficient memory x naive (both fp32)"] > 0.3  # fp32 vs fp32, not bf16 vs fp32
