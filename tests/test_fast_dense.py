@@ -215,3 +215,36 @@ def test_bad_arguments():
     model = fast_dense.convert(make("bc", torch.float32))
     with pytest.raises(ValueError, match="more than 1 value"):
         model(torch.randn(1, 3, 1, 1))
+
+
+def test_no_compiler_falls_back_to_the_plain_blocks(monkeypatch):
+    """Without a C++ compiler the fast blocks cannot be built: one warning naming the speed cost, plain blocks."""
+    import warnings
+
+    from densenet_repro import fastpath, train
+    from densenet_repro.models import fast_dense_cpu
+
+    monkeypatch.setenv("CXX", "/nonexistent/c++")  # as on a machine without a compiler
+    fast_dense_cpu.load.cache_clear()
+    fastpath.fast_kernels_available.cache_clear()
+    try:
+        assert fast_dense_cpu.compiler() is None
+        with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+            fast_dense_cpu.load()
+        torch.manual_seed(0)
+        model = DenseNet(depth=16, growth_rate=4, bottleneck=True, compression=0.5)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert not fastpath.fast_blocks_supported(model, "cpu")
+            fast_dense.convert(model)
+            cfg = train.RunConfig(model="densenet_bc100_k12", dataset="c10+", device="cpu")
+            assert train._use_fast_blocks(cfg, model, torch.device("cpu"), False) is False  # the engine's default
+        assert not fast_dense.is_fast(model)
+        msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert len(msgs) == 1 and "\n" not in msgs[0], msgs  # one line, once
+        assert "plain blocks" in msgs[0] and "slower" in msgs[0] and "compiler" in msgs[0]
+        model.train()(torch.randn(4, 3, 8, 8)).sum().backward()  # trains on the plain blocks
+    finally:
+        monkeypatch.undo()
+        fast_dense_cpu.load.cache_clear()
+        fastpath.fast_kernels_available.cache_clear()

@@ -22,12 +22,16 @@ auto-vectorised scalar loops. Parallel over rows with ATen's thread pool (torch.
 
 The extension is built with torch.utils.cpp_extension.load_inline (about 20 s once, then cached by
 torch in ~/.cache/torch_extensions or $TORCH_EXTENSIONS_DIR); `load()` raises a one-line error when
-it cannot be built.
+it cannot be built, at once when there is no C++ compiler (`$CXX`, else `c++`, as torch looks it up).
+Callers that can do without the kernels ask `fastpath.fast_kernels_available()` first, which falls
+back to the plain blocks with a one-line warning.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 
 CPP_SOURCE = r"""
 #include <torch/extension.h>
@@ -381,11 +385,19 @@ bool has_avx512() {
 FUNCTIONS = ["affine_relu", "relu_bwd", "col_stats", "lincomb", "has_avx512"]
 
 
+def compiler() -> str | None:
+    """The C++ compiler torch.utils.cpp_extension would call ($CXX, else c++), if it exists here."""
+    return shutil.which(os.environ.get("CXX", "c++"))
+
+
 @functools.lru_cache(maxsize=None)
 def load():
     """Compile (first call, ~20 s) or load (cached) the extension; returns the module."""
     import logging
 
+    if compiler() is None:
+        raise RuntimeError(f"could not build the fast dense block's CPU kernels: no C++ compiler "
+                           f"({os.environ.get('CXX', 'c++')!r} not found); install one (g++) or pass fast=False")
     quiet = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found": irrelevant here
     level = quiet.level
     quiet.setLevel(logging.ERROR)
