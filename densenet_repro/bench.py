@@ -715,6 +715,29 @@ def dropped_configs(result: dict[str, Any]) -> list[str]:
     return [r["config"] for sec in result["sections"] for r in sec["results"] if r not in current_rows(sec)]
 
 
+def missing_configs(result: dict[str, Any]) -> list[str]:
+    """Configurations this code defines that `result` lacks (measured by a later version)."""
+    have = {r["config"] for sec in result["sections"] for r in sec["results"]}
+    want = [c for c in CIFAR_CONFIGS + IMAGENET_CONFIGS if not (c.compile and not result.get("compile_measured", True))]
+    return [c.name for c in want if c.name not in have]
+
+
+def result_notes(result: dict[str, Any]):
+    """A sentence on what the result file lacks or holds beyond this code's configurations (Markdown)."""
+    from IPython.display import Markdown
+
+    parts = []
+    if missing_configs(result):
+        parts.append("not measured in this result (made by an earlier version of the benchmark): "
+                     + ", ".join(f"`{c}`" for c in missing_configs(result))
+                     + "; targets that need them use the readings that exist, and a target with none is unmet")
+    if dropped_configs(result):
+        parts.append("in this result but no longer a configuration of the benchmark, so not shown: "
+                     + ", ".join(f"`{c}`" for c in dropped_configs(result)))
+    return Markdown(("**Configurations.** " + "; ".join(parts) + ".") if parts else
+                    "**Configurations.** This result holds every configuration of the benchmark.")
+
+
 def _section(result: dict[str, Any], name: str) -> dict[str, Any]:
     for s in result["sections"]:
         if s["name"] == name:
