@@ -1,18 +1,22 @@
-# Two commands do all set-up on a fresh machine (README):
-#   make reports   creates .venv if needed, then executes every notebook at BUDGET and renders reports/
-#   make test      creates .venv if needed, then runs the test suite
+# Set-up on a fresh machine is part of every target (README):
+#   make reports     creates .venv if needed, then executes every notebook at BUDGET and renders reports/
+#   make test        creates .venv if needed, then runs the whole test suite
+#   make test-quick  the same without the tests marked slow (for editing)
+#   make lab         JupyterLab on notebooks/, with this environment's python as the notebooks' kernel
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BUDGET ?= cpu
-# The offline CIFAR-10 copy beside the repo (../shared/data/cifar10-jpeg.tar.gz); with internet,
-# DATA_ROOT=./data downloads the official datasets instead.
-DATA_ROOT ?= ../shared/data
+# Datasets: $DENSENET_DATA if set (e.g. an offline copy), else ./data inside the repo, where the
+# official archives are downloaded when the network allows it. Override: make reports DATA_ROOT=DIR
+DATA_ROOT ?= $(or $(DENSENET_DATA),data)
 DEVICE ?= cpu
 SEED ?= 0
 OUT ?= reports
+# Where `make lab` installs the kernelspec that JupyterLab finds first for the notebooks' "python3".
+JUPYTER_DIR := $(abspath $(VENV))/share/jupyter
 
-.PHONY: env test reports smoke-reports bench clean
+.PHONY: env test test-quick reports smoke-reports bench lab clean
 
 env: $(VENV)/.installed
 
@@ -25,6 +29,9 @@ $(VENV)/.installed: pyproject.toml
 test: env
 	$(PY) -m pytest -q
 
+test-quick: env
+	$(PY) -m pytest -q -m "not slow"
+
 reports: env
 	$(PY) -m densenet_repro reports --budget $(BUDGET) --data-root $(DATA_ROOT) --device $(DEVICE) --seed $(SEED) --out $(OUT)
 
@@ -34,6 +41,12 @@ smoke-reports: env
 
 bench: env
 	$(PY) -m densenet_repro bench
+
+# The notebooks declare the kernel "python3"; JupyterLab looks it up in $JUPYTER_PATH first, so the
+# kernelspec installed here (argv: this venv's python) wins over any other environment's "python3".
+lab: env
+	$(PY) -m ipykernel install --prefix $(abspath $(VENV)) --name python3 --display-name "Python 3 (densenet-repro)" >/dev/null
+	JUPYTER_PATH=$(JUPYTER_DIR) $(PY) -m jupyter lab --notebook-dir=notebooks
 
 clean:
 	rm -rf build .pytest_cache

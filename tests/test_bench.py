@@ -139,6 +139,7 @@ def test_fastpath_settings_and_apply():
     assert fastpath.apply(resnet, "cpu") is resnet
 
 
+@pytest.mark.slow
 def test_accuracy_check_smoke(tmp_path):
     acc = bench.run_accuracy("smoke", None, "cpu", out=str(tmp_path / "runs"), results=str(tmp_path / "results"),
                              progress="none")
@@ -148,6 +149,7 @@ def test_accuracy_check_smoke(tmp_path):
     assert set(bench.accuracy_table(acc).columns) >= {"variant", "final test error %"}
 
 
+@pytest.mark.slow
 def test_gpu_script_cpu_dry_run(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_benchmark.py"), "--device", "cpu",

@@ -34,3 +34,26 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make test" in ci
     assert "make reports" in readme
+
+
+def test_jupyterlab_is_a_dependency():
+    assert any(r.startswith("jupyterlab") for r in _pyproject_requirements())
+    assert any(r.startswith("jupyterlab") for r in _conda_pip_requirements())
+
+
+def test_make_test_is_the_full_suite_and_test_quick_skips_slow():
+    makefile = (ROOT / "Makefile").read_text()
+    test_recipe = makefile.split("\ntest: env\n", 1)[1].split("\n\n", 1)[0]
+    quick_recipe = makefile.split("\ntest-quick: env\n", 1)[1].split("\n\n", 1)[0]
+    assert "pytest" in test_recipe and "not slow" not in test_recipe
+    assert '-m "not slow"' in quick_recipe
+    assert "make test-quick" in (ROOT / "README.md").read_text()
+
+
+def test_default_data_root_is_inside_the_repo():
+    makefile = (ROOT / "Makefile").read_text()
+    default = next(line for line in makefile.splitlines() if line.startswith("DATA_ROOT ?="))
+    assert "DENSENET_DATA" in default and "../" not in default and default.rstrip().endswith(",data)")
+    for nb in ("01_architecture.ipynb", "06_performance.ipynb"):
+        assert 'data_root = "data"' in "".join(
+            __import__("json").loads((ROOT / "notebooks" / nb).read_text())["cells"][1]["source"])

@@ -113,6 +113,7 @@ def test_images_have_alt_text(rendered):
     assert "alt=\"Figure in section 'A zigzag line': Three points joined.\"" in html
 
 
+@pytest.mark.slow
 def test_failed_render_keeps_the_last_good_report(rendered, tmp_path):
     import shutil
 
