@@ -4,6 +4,7 @@
     table2   every Table 2 cell of a budget (densenet_repro.experiments)
     bench    training/inference speed and memory benchmark (densenet_repro.bench)
     reports  execute the notebooks and render reports/ (densenet_repro.reports)
+    gpu-check  what one short GPU slot measures: cuda tests, engine epochs, the headline run (densenet_repro.gpu_check)
 
 Each command parses its own options; `python -m densenet_repro <command> --help` lists them.
 """
@@ -18,6 +19,7 @@ COMMANDS = {
     "table2": ("densenet_repro.experiments", "table2_main"),
     "bench": ("densenet_repro.bench", "main"),
     "reports": ("densenet_repro.reports", "main"),
+    "gpu-check": ("densenet_repro.gpu_check", "main"),
 }
 
 

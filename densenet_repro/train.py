@@ -107,8 +107,11 @@ class RunConfig:
     data_root: str | None = option(None)     # None: $DENSENET_DATA or ./data (see densenet_repro.data)
     data_source: str = option("auto")        # auto | torchvision | folder | synthetic
     eval_batch_size: int = option(500)       # evaluation only; does not change the numbers
-    channels_last: bool = option(False)      # NHWC memory layout: faster convolutions on GPUs and CPUs
-    compile: bool = option(False)            # torch.compile the model
+    # Speed knobs, None = the device's default (`speed_knobs`): on one CUDA GPU channels_last and a
+    # compiled step replayed as a CUDA graph; on CPU neither (compilation costs minutes there and
+    # the fast dense blocks are opaque to it).
+    channels_last: bool | None = option(None)  # NHWC memory layout
+    compile: bool | None = option(None)        # torch.compile the step (CUDA: with CUDA graphs)
     memory_efficient: bool = option(False)   # recompute concat-BN-ReLU-conv in backward (Pleiss et al.)
     # The exact fast dense blocks (models/fast_dense.py: shared BN statistics, one feature buffer,
     # fused kernels; the same function). None: wherever they are supported (a DenseNet on CPU in
@@ -575,8 +578,10 @@ def _epoch_line(name: str, row: dict[str, Any], epochs: int) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+# compile_time_s: the first compiled step of a process (compilation, CUDA-graph capture), left out
+# of epoch_time_s; the evaluation's compilation falls in that epoch's eval_time_s.
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_err_pct", "test_loss", "test_err_pct", "val_loss",
-                  "val_err_pct", "epoch_time_s", "eval_time_s", "train_images_per_s"]
+                  "val_err_pct", "epoch_time_s", "eval_time_s", "train_images_per_s", "compile_time_s"]
 
 
 def _evaluate(model: nn.Module, loader: data_lib.DeviceLoader, config: RunConfig, dev, d: _Dist) -> tuple[float, float]:
@@ -637,7 +642,8 @@ def _summarise(config: RunConfig, h: str, rows: list[dict[str, Any]], extra: dic
                  reported_rule="test error after the last epoch (the paper's rule)")
     ips = sorted(r["train_images_per_s"] for r in rows)
     s["train_images_per_s"] = ips[len(ips) // 2]  # median over epochs
-    s["wall_time_s"] = round(sum(r["epoch_time_s"] + r["eval_time_s"] for r in rows), 2)
+    s["wall_time_s"] = round(sum(r["epoch_time_s"] + r["eval_time_s"] + (r.get("compile_time_s") or 0)
+                                 for r in rows), 2)
     s.update(extra)
     return s
 
@@ -739,6 +745,7 @@ class _Session:
     scaler: torch.amp.GradScaler
     fast_blocks: bool
     n_params: int
+    knobs: dict[str, bool]      # channels_last and compile as resolved for this device
     rows: list[dict[str, Any]] = field(default_factory=list)  # metrics of the finished epochs
     start_epoch: int = 0
 
@@ -754,15 +761,16 @@ def _setup(config: RunConfig, source: data_lib.SourceInfo, dev: torch.device, d:
         torch.backends.cudnn.allow_tf32 = True
     if config.batch_size % d.world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {d.world} processes")
+    knobs = speed_knobs(config, dev, d.world)
     data = data_lib.load_data(config.dataset, config.data_root, config.data_source, dev, config.train_subset,
                               config.test_subset, config.download, resolved=source)
-    train_loader = data.train_loader(config.batch_size, config.seed, d.rank, d.world, config.channels_last)
-    eval_loaders = {split: data.eval_loader(split, config.eval_batch_size, d.rank, d.world, config.channels_last)
+    train_loader = data.train_loader(config.batch_size, config.seed, d.rank, d.world, knobs["channels_last"])
+    eval_loaders = {split: data.eval_loader(split, config.eval_batch_size, d.rank, d.world, knobs["channels_last"])
                     for split in ("test", "val") if split == "test" or data.val_x is not None}
 
     torch.manual_seed(config.seed)  # the same initial weights in every process
     model = build_model(config, data.num_classes).to(dev)
-    if config.channels_last:
+    if knobs["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     fast_blocks = _use_fast_blocks(config, model, dev, distributed=d.world > 1 and config.sync_bn)
     n_params = sum(p.numel() for p in model.parameters())
@@ -773,11 +781,43 @@ def _setup(config: RunConfig, source: data_lib.SourceInfo, dev: torch.device, d:
     step_model: nn.Module = model
     if d.world > 1:
         step_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    if config.compile:
-        step_model = torch.compile(step_model)
-    eval_model = torch.compile(model) if config.compile else model
+    eval_model: nn.Module = model
+    if knobs["compile"]:
+        graphs = dev.type == "cuda"
+        step_model = CompiledForOneShape(step_model, config.batch_size // d.world, graphs)
+        eval_model = CompiledForOneShape(model, config.eval_batch_size // d.world, graphs)
     return _Session(config, dev, d, data, train_loader, eval_loaders, model, step_model, eval_model, optimizer,
-                    scaler, fast_blocks, n_params)
+                    scaler, fast_blocks, n_params, knobs)
+
+
+def speed_knobs(config: RunConfig, dev: torch.device, world: int = 1) -> dict[str, bool]:
+    """The run's channels_last and compile: as asked, else the device's default (see RunConfig)."""
+    gpu = dev.type == "cuda"
+    return {"channels_last": config.channels_last if config.channels_last is not None else gpu,
+            "compile": config.compile if config.compile is not None else gpu and world == 1}
+
+
+class CompiledForOneShape(nn.Module):
+    """A module compiled for its one full batch size, run eagerly for any other size.
+
+    Every epoch ends with a partial batch (50,000 = 781 x 64 + 16): compiling it too would cost a
+    second compilation as long as the first, for one step in 782. The eager call uses the same
+    parameters and buffers, so the function is the same. On CUDA the compiled call is replayed as
+    a CUDA graph (mode "reduce-overhead"): at batch 64 a DenseNet step is ~1,500 small kernels,
+    and their launches, not the arithmetic, set its time.
+    """
+
+    def __init__(self, module: nn.Module, batch: int, cuda_graphs: bool) -> None:
+        super().__init__()
+        self.module, self.batch, self.cuda_graphs = module, batch, cuda_graphs
+        self.compiled = torch.compile(module, mode="reduce-overhead" if cuda_graphs else None, dynamic=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != self.batch:
+            return self.module(x)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: earlier graph outputs may be overwritten
+        return self.compiled(x)
 
 
 def _restore(s: _Session, ckpt_path: Path, h: str) -> None:
@@ -834,13 +874,19 @@ def _train_epoch(s: _Session, epoch: int, name: str, say: Callable[[str], None],
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, total=len(s.train_loader), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
+    warmup_s = 0.0
     for step, (x, y, global_n) in enumerate(batches):
         per_sample, out = train_step(s.step_model, s.optimizer, s.scaler, x, y, global_n, config.amp, d.world)
         loss_sum += per_sample.sum().double()
         wrong += (out.argmax(1) != y).sum()
         n_local += len(y)
+        if step == 0 and epoch == s.start_epoch and s.knobs["compile"]:
+            # the first compiled step compiles (and captures the CUDA graph): reported apart
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            warmup_s = time.perf_counter() - t0
         if step == ESTIMATE_AFTER_STEPS and epoch == s.start_epoch:
-            _say_cost(s, name, epoch, t0, step + 1, say)
+            _say_cost(s, name, epoch, t0 + warmup_s, step, say)
         if step % 50 == 49 and not torch.isfinite(loss_sum):
             break  # no point finishing a diverged epoch
     train_loss, train_wrong, n = d.sum([loss_sum.item(), wrong.item(), n_local], dev)
@@ -852,9 +898,12 @@ def _train_epoch(s: _Session, epoch: int, name: str, say: Callable[[str], None],
                                f"stopped, {kept}. {_divergence_advice(config.amp)}.")
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    epoch_time = time.perf_counter() - t0
-    return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss / n, "train_err_pct": 100.0 * train_wrong / n,
-            "epoch_time_s": round(epoch_time, 3), "train_images_per_s": round(n / epoch_time, 1)}
+    epoch_time = time.perf_counter() - t0 - warmup_s  # the warm-up step's images are few: they stay in n
+    row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss / n, "train_err_pct": 100.0 * train_wrong / n,
+           "epoch_time_s": round(epoch_time, 3), "train_images_per_s": round(n / epoch_time, 1)}
+    if warmup_s:
+        row["compile_time_s"] = round(warmup_s, 3)
+    return row
 
 
 def _divergence_advice(amp: str) -> str:
@@ -944,7 +993,7 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
 
     summary = _summarise(config, h, s.rows, {
         "params": s.n_params, "device": device_name(dev), "device_type": dev.type, "world_size": d.world,
-        "amp": config.amp, "channels_last": config.channels_last, "compile": config.compile,
+        "amp": config.amp, **s.knobs,
         "fast_blocks": s.fast_blocks, "setup_time_s": round(setup_s, 2), "data": s.data.info,
         "python": platform.python_version(), "hardware": hardware(dev),
         # peak memory of tensors allocated by PyTorch on the GPU during training and evaluation
