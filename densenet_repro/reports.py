@@ -255,16 +255,16 @@ def image_descriptions(nb) -> list[str]:
                 heading = lines[starts[-1]].lstrip("#").strip()
                 lines = lines[starts[-1] + 1:]
             body = " ".join(lines)
-            sentence = re.split(r"(?<=[.:])\s", body, maxsplit=1)[0] if body else ""
+            sentence = re.split(r"(?<=\.)\s", body, maxsplit=1)[0] if body else ""
             continue
         for o in cell.get("outputs", []):
             if "image/png" in o.get("data", {}):
                 alt = (o.get("metadata", {}).get("image/png", {}) or {}).get("alt")
                 if not alt:
                     alt = "Figure" + (f" in section '{heading}'" if heading else "") + \
-                        (f": {sentence}" if sentence else "")
-                    alt = re.sub(r"[*`_]", "", alt)
-                out.append(alt[:300])
+                        (f". {sentence}" if sentence else "")
+                    alt = re.sub(r"[*`]", "", alt)
+                out.append(alt if len(alt) <= 300 else alt[:297] + "...")
     return out
 
 

@@ -110,7 +110,7 @@ def test_headlines_keep_their_order_and_code_is_hashed(rendered):
 def test_images_have_alt_text(rendered):
     html = (rendered["out"] / "01_ok.html").read_text()
     assert "No description has been provided" not in html
-    assert "alt=\"Figure in section 'A zigzag line': Three points joined.\"" in html
+    assert "alt=\"Figure in section 'A zigzag line'. Three points joined.\"" in html
 
 
 @pytest.mark.slow
