@@ -246,3 +246,14 @@ def test_committed_targets_read_conservatively():
     h = bench.headlines(result, None, t)
     assert list(h)[0].startswith("targets met")
     assert h["BC-100 --memory-efficient memory x naive (both fp32)"] > 0.3  # fp32 vs fp32, not bf16 vs fp32
+
+
+def test_accuracy_check_has_its_own_scale_and_its_committed_runs_are_found():
+    """The cpu accuracy check does not follow retuning of the notebooks' cpu budget, and its committed
+    runs are found (without the dataset), so rendering notebook 06 never retrains them."""
+    for _, cfg in bench.accuracy_configs("cpu", None):
+        assert cfg.model_kwargs == {"depth": 40} and cfg.epochs == 8
+        assert (cfg.train_subset, cfg.test_subset) == (5000, 2000)
+    acc = bench.committed_accuracy("cpu")
+    assert acc is not None, "results/bench/accuracy-* no longer match the check's configs"
+    assert len(acc["runs"]) == 2 * len(bench.ACCURACY_SEEDS)
