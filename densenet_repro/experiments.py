@@ -39,22 +39,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from densenet_repro import paper
 from densenet_repro.budgets import BUDGETS, check_budget
-from densenet_repro.data import DATASETS, SYNTHETIC_SIZE, get_spec
+from densenet_repro.data import SYNTHETIC_SIZE, get_spec
 from densenet_repro.errors import UserError
-from densenet_repro.train import CIFAR_DENSENETS, OneLineParser, RunConfig, build_model, read_metrics, train
+from densenet_repro.train import (CIFAR_DENSENETS, OneLineParser, RunConfig, build_model, locate_run, read_metrics,
+                                  read_summary, train)
 
 EXPERIMENT = "table2"
+COMPARISON_EXPERIMENT = "table2_comparisons"
 
 # The DenseNet rows of Table 2: model name, label as printed in the paper, depth L, growth rate k.
 TABLE2_ROWS: list[tuple[str, str, int, int]] = [
-    ("densenet40_k12", "DenseNet (k = 12)", 40, 12),
-    ("densenet100_k12", "DenseNet (k = 12)", 100, 12),
-    ("densenet100_k24", "DenseNet (k = 24)", 100, 24),
-    ("densenet_bc100_k12", "DenseNet-BC (k = 12)", 100, 12),
-    ("densenet_bc250_k24", "DenseNet-BC (k = 24)", 250, 24),
-    ("densenet_bc190_k40", "DenseNet-BC (k = 40)", 190, 40),
-]
+    (r.model, r.method, r.depth, int(r.method.split("k = ")[1].rstrip(")"))) for r in paper.DENSENET_ROWS]
 
 
 @dataclass(frozen=True)
@@ -63,55 +60,76 @@ class Scale:
 
     depth: int | None = None          # L of the scaled model (same k, same B/C choices)
     epochs: int | None = None         # instead of 300 (CIFAR) / 40 (SVHN)
-    train_subset: int | None = None   # class-balanced training images instead of all
-    test_subset: int | None = None    # class-balanced test images instead of all
-    amp: str = "none"                 # none | bf16 | fp16 (paper: fp32)
-    channels_last: bool = False
+    train_subset: int | None = None   # class-balanced training images instead of all (smoke only)
+    test_subset: int | None = None
     num_threads: int | None = None    # torch CPU threads (does not change the numbers' meaning)
 
 
-# cpu budget, chosen from epoch times measured on this 2-core machine in one thread, bf16 autocast +
-# channels_last, eager, while other jobs shared the machine: one epoch of 5,000 training images
-# plus the evaluation of 2,000 test images took 30 s for DenseNet L=22 (C10, first epoch) and
-# 23 + 4.5 s for DenseNet-BC L=40 (C10+). 8 epochs are then ~4 min per run, ~15 min for the 4 runs.
-# One thread (num_threads=1): with two, any other process on the machine stalls every op
-# (measured 5-20x slower while other jobs ran); one thread keeps the wall time predictable. On a
-# machine you know to be idle, num_threads=None (both cores) should be faster.
-# Depth L=22 DenseNet (6 layers per block, paper 12) and L=40 DenseNet-BC (6 per block, paper 16) keep each
-# family's design (DenseNet: 3x3 convs, no compression, 16-map stem; DenseNet-BC: 1x1 bottleneck
-# to 4k maps, compression 0.5, 2k stem) and k=12, at about a quarter of the paper's parameters.
-CPU_ROWS = {
-    "densenet40_k12": Scale(depth=22, epochs=8, train_subset=5_000, test_subset=2_000, amp="bf16",
-                            channels_last=True, num_threads=1),
-    "densenet_bc100_k12": Scale(depth=40, epochs=8, train_subset=5_000, test_subset=2_000, amp="bf16",
-                                channels_last=True, num_threads=1),
-}
-CPU_COLUMNS = ("c10", "c10+")  # CIFAR-10 is the only dataset available offline here
+# --- the headline cell ------------------------------------------------------------------------
+# The paper's own DenseNet (L = 40, k = 12, 1.0M parameters) on C10+: all 50,000 training and
+# 10,000 test images, the paper's recipe with the step schedule scaled to 30 epochs (LR 0.1, /10
+# at epochs 16 and 23), fp32 as the paper trained. Hours on a 2-core CPU (measured here on an
+# AVX2-only EPYC: 2.05 s per step of 64 images with both cores, ~27 min per epoch), minutes on a
+# GPU; `python -m densenet_repro table2 --headline` trains it, resuming from its checkpoint, into
+# results/table2/ so that the checkpoint of an unfinished run is committed at one path.
+HEADLINE = dict(model="densenet40_k12", dataset="c10+", epochs=30, amp="none")
+HEADLINE_TARGET_PCT = 9.0  # final test error at 30 epochs (the paper: 5.24 at 300)
 
+
+def headline_config(*, data_root: str | None = None, device: str = "auto", results: str = "results") -> RunConfig:
+    """The headline run. It lives in results/ (out=results): its checkpoint is committed as it trains."""
+    return RunConfig(**HEADLINE, experiment=EXPERIMENT, out=results, results=results, data_root=data_root,
+                     device=device, budget="cpu", download=False)
+
+
+# --- precision and blocks from the CPU at hand ----------------------------------------------------
+def cpu_speed_choice() -> dict[str, Any]:
+    """amp and fast_blocks for a CPU run, from what this CPU runs fast.
+
+    bf16 only where oneDNN has native bf16 (AVX512-BF16 or AMX): on an AVX2-only EPYC a bf16 matmul
+    ran at 0.8 GFLOP/s against 91 in fp32, and a DenseNet-40 step took 20 s in bf16 against 3 s.
+    The fast dense blocks where they were measured to pay (x4.3 with bf16 on AMX, notebook 06);
+    in fp32 on the AVX2 EPYC they were slower than the plain blocks (DenseNet-40, batch 64, 2
+    threads: 2.21 against 2.05 s per step), so there the plain blocks.
+    """
+    import torch
+
+    bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return {"amp": "bf16" if bf16 else "none", "fast_blocks": bf16, "channels_last": bf16,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16}
+
+
+# --- what each budget runs -------------------------------------------------------------------------
+# cpu: the two families at a small depth, on the full training and test sets, for CPU_EPOCHS epochs
+# (milestones scaled: with 2 epochs, LR 0.1 for the first and 0.001 for the second), seeds
+# 0..CPU_SEEDS-1. The depths keep each family's design (DenseNet: 3x3 convs, no compression, 16-map
+# stem; DenseNet-BC: 1x1 bottleneck to 4k maps, compression 0.5, 2k stem), k = 12, two layers per
+# block, and about the same size: L = 10 DenseNet, 37,762 parameters; L = 16 DenseNet-BC, 44,410.
+# Sized from speeds measured on a 2-core AVX2 EPYC in fp32 with both cores: 0.25-0.31 s per step
+# of 64 images for these models (a DenseNet-40 step: 2.05 s), so the 8 runs take about 50 min there
+# on a quiet machine (several times that while other jobs share it).
+CPU_EPOCHS = 2
+CPU_SEEDS = 2
+CPU_ROWS = {"densenet40_k12": Scale(depth=10, epochs=CPU_EPOCHS),
+            "densenet_bc100_k12": Scale(depth=16, epochs=CPU_EPOCHS)}
 # smoke: toy depths, 2 epochs, synthetic data (640 training / 320 test images); one thread, since
 # for models this small a second thread only adds synchronisation (and stalls on a busy machine).
-# Columns: one of each kind (no augmentation, augmentation, 100 classes, SVHN's validation split).
-SMOKE_ROWS = {
-    "densenet40_k12": Scale(depth=10, epochs=2, num_threads=1),
-    "densenet_bc100_k12": Scale(depth=16, epochs=2, num_threads=1),
-}
-SMOKE_COLUMNS = ("c10", "c10+", "c100+", "svhn")
+SMOKE_ROWS = {"densenet40_k12": Scale(depth=10, epochs=2, num_threads=1),
+              "densenet_bc100_k12": Scale(depth=16, epochs=2, num_threads=1)}
+SMOKE_COLUMNS = ("c10", "c10+", "c100+", "svhn")  # one of each kind: dropout, augmentation, 100 classes, val split
+SMOKE_SEEDS = 2
 
 
-def _budget_plan(budget: str) -> tuple[dict[str, Scale], tuple[str, ...]]:
+def _rows(budget: str) -> dict[str, Scale]:
     check_budget(budget)
-    if budget == "paper":
-        return {m: Scale() for m, *_ in TABLE2_ROWS}, DATASETS
-    if budget == "cpu":
-        return CPU_ROWS, CPU_COLUMNS
-    return SMOKE_ROWS, SMOKE_COLUMNS
+    return {"paper": {m: Scale() for m, *_ in TABLE2_ROWS}, "cpu": CPU_ROWS, "smoke": SMOKE_ROWS}[budget]
 
 
 def budget_config(model: str, dataset: str, budget: str, *, seed: int = 0, data_root: str | None = None,
-                  device: str = "auto", experiment: str = "train") -> RunConfig:
+                  device: str = "auto", experiment: str = "train", drop_rate: float | None = None) -> RunConfig:
     """The RunConfig a budget uses for (model, dataset). Models outside the budget's rows run at
     the paper's size (paper), or scaled by the smoke/cpu rule of their family."""
-    rows, _ = _budget_plan(budget)
+    rows = _rows(budget)
     get_spec(dataset)
     if model in rows:
         scale = rows[model]
@@ -121,10 +139,13 @@ def budget_config(model: str, dataset: str, budget: str, *, seed: int = 0, data_
         scale = rows["densenet_bc100_k12" if model.startswith("densenet_bc") else "densenet40_k12"]
         if model not in CIFAR_DENSENETS:
             scale = dataclasses.replace(scale, depth=None)  # only the CIFAR DenseNets are rescaled
+    speed = cpu_speed_choice() if budget == "cpu" else {}
     kwargs = {"depth": scale.depth} if scale.depth is not None else {}
-    return RunConfig(model=model, dataset=dataset, model_kwargs=kwargs, epochs=scale.epochs,
-                     train_subset=scale.train_subset, test_subset=scale.test_subset, amp=scale.amp,
-                     channels_last=scale.channels_last, num_threads=scale.num_threads,
+    return RunConfig(model=model, dataset=dataset, model_kwargs=kwargs, epochs=scale.epochs, drop_rate=drop_rate,
+                     train_subset=SYNTHETIC_SIZE[0] if budget == "smoke" else None,
+                     test_subset=SYNTHETIC_SIZE[1] if budget == "smoke" else None,
+                     amp=speed.get("amp", "none"), fast_blocks=speed.get("fast_blocks"),
+                     channels_last=speed.get("channels_last"), num_threads=scale.num_threads,
                      data_source="synthetic" if budget == "smoke" else "auto", seed=seed, data_root=data_root,
                      device=device, experiment=experiment, budget=budget)
 
@@ -143,61 +164,163 @@ class Cell:
 
 
 def table2_cells(budget: str, *, seed: int = 0, data_root: str | None = None, device: str = "auto") -> list[Cell]:
-    """Every DenseNet cell of Table 2, in the paper's order, with the budget's config or a reason."""
-    from densenet_repro.table2 import PAPER_ERRORS
+    """The 27 DenseNet cells the paper reports, in its order, with the budget's config or a reason.
 
-    rows, columns = _budget_plan(budget)
+    paper: every cell at the paper's protocol. cpu: the headline cell (DenseNet L=40 on C10+,
+    30 epochs); the families are compared at a small scale by `comparisons` instead. smoke: two
+    rows at toy sizes on four columns.
+    """
+    rows = _rows(budget)
     cells = []
-    for model, label, depth, k in TABLE2_ROWS:
-        for dataset in DATASETS:
-            if PAPER_ERRORS[model][dataset] is None and budget == "paper":
-                cells.append(Cell(model, label, depth, k, dataset, None,
-                                  "not run: the paper reports no error for this cell"))
-            elif model in rows and dataset in columns:
-                cfg = budget_config(model, dataset, budget, seed=seed, data_root=data_root, device=device,
-                                    experiment=EXPERIMENT)
-                cells.append(Cell(model, label, depth, k, dataset, cfg))
-            else:
-                why = ("not run: needs the official dataset and the GPU (paper) budget"
-                       if dataset not in columns else
-                       "not run: this row needs the GPU (paper) budget; the cpu budget scales one row per family")
-                cells.append(Cell(model, label, depth, k, dataset, None, why))
+    for r, dataset in paper.densenet_cells():
+        k = int(r.method.split("k = ")[1].rstrip(")"))
+        if budget == "paper":
+            cfg = budget_config(r.model, dataset, budget, seed=seed, data_root=data_root, device=device,
+                                experiment=EXPERIMENT)
+            cells.append(Cell(r.model, r.method, r.depth, k, dataset, cfg))
+        elif budget == "cpu" and (r.model, dataset) == (HEADLINE["model"], HEADLINE["dataset"]):
+            cells.append(Cell(r.model, r.method, r.depth, k, dataset, headline_config(data_root=data_root,
+                                                                                        device=device)))
+        elif budget == "smoke" and r.model in rows and dataset in SMOKE_COLUMNS:
+            cfg = budget_config(r.model, dataset, budget, seed=seed, data_root=data_root, device=device,
+                                experiment=EXPERIMENT)
+            cells.append(Cell(r.model, r.method, r.depth, k, dataset, cfg))
+        else:
+            why = ("not run: needs the official dataset and the GPU (paper) budget" if dataset not in ("c10", "c10+")
+                   else "not run: needs the GPU (paper) budget; the cpu budget compares the families at a small scale")
+            cells.append(Cell(r.model, r.method, r.depth, k, dataset, None, why))
     return cells
 
 
 def scaling_table(budget: str):
-    """What a budget scales, per model row, against the paper's protocol (a pandas DataFrame)."""
+    """What a budget scales against the paper's protocol, per run kind (a pandas DataFrame)."""
     import pandas as pd
 
     from densenet_repro import create_model
 
-    rows, columns = _budget_plan(budget)
     out = []
-    for model, label, depth, k, in TABLE2_ROWS:
-        if model not in rows:
-            continue
-        s = rows[model]
-        ours = build_model(budget_config(model, columns[0], budget), 10)
-        paper_params = sum(p.numel() for p in create_model(model, num_classes=10).parameters())
-        cfg = budget_config(model, columns[0], budget).resolved()
-        spec = get_spec(columns[0])
-        m1, m2 = (int(f * cfg.epochs) for f in cfg.lr_milestones)
-        out.append({
-            "model (paper)": f"{label}, L={depth}",
-            "ours: depth L": s.depth or depth,
-            "layers per block": f"{ours.block_config[0]} (paper {create_model(model).block_config[0]})",
-            "parameters": f"{sum(p.numel() for p in ours.parameters()) / 1e6:.2f}M (paper's model {paper_params / 1e6:.2f}M)",
-            "training images": (f"{SYNTHETIC_SIZE[0]} synthetic (paper: 50,000)" if budget == "smoke" else
-                                f"{s.train_subset:,} of 50,000" if s.train_subset else "all (50,000)"),
-            "test images": (f"{SYNTHETIC_SIZE[1]} synthetic (paper: 10,000)" if budget == "smoke" else
-                            f"{s.test_subset:,} of 10,000" if s.test_subset else "all (10,000)"),
-            "epochs": f"{cfg.epochs} (paper {spec.paper_epochs})",
-            "LR 0.1 -> /10 at epoch": f"{m1 + 1} and {m2 + 1} (paper 151 and 226)",
-            "precision": "fp32 (as the paper)" if s.amp == "none" else f"{s.amp} autocast (paper: fp32)",
-            "columns run": ", ".join(get_spec(c).title for c in columns),
-            "data": "synthetic" if budget == "smoke" else "CIFAR-10 (official, or the JPEG copy offline)",
-        })
+    kinds = [(f"{label}, L={depth}", model) for model, label, depth, _ in TABLE2_ROWS if model in _rows(budget)]
+    for title, model in kinds:
+        cfg = budget_config(model, "c10+", budget).resolved()
+        out.append(_scaling_row(title, cfg, budget, create_model))
+    if budget == "cpu":
+        out.insert(0, _scaling_row("DenseNet (k = 12), L=40: the headline cell", headline_config().resolved(), budget,
+                                   create_model))
     return pd.DataFrame(out)
+
+
+def _scaling_row(title: str, cfg: RunConfig, budget: str, create_model) -> dict[str, str]:
+    ours = build_model(cfg, 10)
+    paper_params = sum(p.numel() for p in create_model(cfg.model, num_classes=10).parameters())
+    spec = get_spec(cfg.dataset)
+    m1, m2 = (int(f * cfg.epochs) for f in cfg.lr_milestones)
+    return {
+        "run (paper's model)": title,
+        "ours: depth L": cfg.model_kwargs.get("depth", create_model(cfg.model).depth if hasattr(create_model(cfg.model), "depth") else "paper's"),
+        "layers per block": f"{ours.block_config[0]} (paper {create_model(cfg.model).block_config[0]})",
+        "parameters": f"{sum(p.numel() for p in ours.parameters()):,} (paper's model {paper_params / 1e6:.2f}M)",
+        "training images": f"{SYNTHETIC_SIZE[0]} synthetic (paper: 50,000)" if budget == "smoke" else "all 50,000",
+        "test images": f"{SYNTHETIC_SIZE[1]} synthetic (paper: 10,000)" if budget == "smoke" else "all 10,000",
+        "epochs": f"{cfg.epochs} (paper {spec.paper_epochs})",
+        "LR 0.1 -> /10 at epoch": f"{m1 + 1} and {m2 + 1} (paper 151 and 226)",
+        "precision": "fp32 (as the paper)" if cfg.amp == "none" else f"{cfg.amp} autocast (paper: fp32)",
+        "data": "synthetic" if budget == "smoke" else "CIFAR-10 (official, or the JPEG copy offline)",
+    }
+
+
+# --- equal-compute comparisons ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One side of a comparison: a model family at the budget's scale, a dataset, a dropout rate."""
+
+    label: str
+    model: str
+    dataset: str
+    drop_rate: float | None = None  # None: the paper's rule (0.2 without augmentation)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The claim "arm a ends with a lower test error than arm b", same epochs, same seeds."""
+
+    key: str
+    claim: str
+    a: Arm
+    b: Arm
+    note: str = ""
+
+
+PLAIN, BC = "densenet40_k12", "densenet_bc100_k12"
+COMPARISONS = (
+    Comparison("bc_vs_plain", "DenseNet-BC (k = 12) has a lower error than DenseNet (k = 12) of about its size",
+               Arm("DenseNet-BC", BC, "c10+"), Arm("DenseNet", PLAIN, "c10+"),
+               "Table 2: 4.51% (BC-100, 0.8M) against 5.24% (L=40, 1.0M) on C10+"),
+    Comparison("augmentation", "augmentation lowers the error (dropout off on both sides)",
+               Arm("DenseNet, C10+", PLAIN, "c10+"), Arm("DenseNet, C10 without dropout", PLAIN, "c10", 0.0),
+               "Table 2 compares C10+ without dropout to C10 with dropout 0.2; here dropout is off on both sides"),
+    Comparison("dropout", "without augmentation, dropout 0.2 lowers the error",
+               Arm("DenseNet, C10, dropout 0.2", PLAIN, "c10"), Arm("DenseNet, C10 without dropout", PLAIN, "c10", 0.0),
+               "the paper's protocol uses dropout 0.2 exactly on the data without augmentation"),
+    Comparison("paper_columns", "C10+ (no dropout) has a lower error than C10 (dropout 0.2), as Table 2's columns",
+               Arm("DenseNet, C10+", PLAIN, "c10+"), Arm("DenseNet, C10, dropout 0.2", PLAIN, "c10"),
+               "the paper's own comparison: augmentation and dropout change together (confounded)"),
+)
+
+
+def comparison_seeds(budget: str) -> tuple[int, ...]:
+    check_budget(budget)
+    return tuple(range({"smoke": SMOKE_SEEDS, "cpu": CPU_SEEDS, "paper": 3}[budget]))
+
+
+def arm_config(arm: Arm, budget: str, seed: int, *, data_root: str | None = None, device: str = "auto") -> RunConfig:
+    return budget_config(arm.model, arm.dataset, budget, seed=seed, data_root=data_root, device=device,
+                         experiment=COMPARISON_EXPERIMENT, drop_rate=arm.drop_rate)
+
+
+def run_or_reuse(config: RunConfig) -> dict[str, Any]:
+    """train(config), unless a finished run of the same recipe in the other precision is at hand.
+
+    A cpu-budget run's precision follows the CPU that trains it (cpu_speed_choice), so a run
+    committed from an AMX machine (bf16) is reused on an AVX2 one (fp32) and the other way round;
+    each summary says which precision and CPU made it.
+    """
+    for amp in dict.fromkeys([config.amp, "none", "bf16"]):
+        if amp != config.amp and config.budget == "cpu":
+            _, _, done = locate_run(dataclasses.replace(config, amp=amp).validate().resolved())
+            if done is not None:
+                return read_summary(done) | {"cached": True}
+    return train(config)
+
+
+def run_comparisons(budget: str, *, data_root: str | None = None, device: str = "auto", progress: str = "auto",
+                    out: str = "runs", results: str = "results", publish_results: bool | None = None,
+                    train_missing: bool = True) -> dict[tuple[Arm, int], dict[str, Any]]:
+    """Train (or reuse) every arm of every comparison at every seed: {(arm, seed): summary}.
+
+    With train_missing=False only finished runs are read (a report of work in progress); the
+    analysis then says how many runs each claim still lacks.
+    """
+    publish_results = budget != "smoke" if publish_results is None else publish_results
+    runs: dict[tuple[Arm, int], dict[str, Any]] = {}
+    for comp in COMPARISONS:
+        for arm in (comp.a, comp.b):
+            for seed in comparison_seeds(budget):
+                if (arm, seed) in runs:
+                    continue
+                cfg = dataclasses.replace(arm_config(arm, budget, seed, data_root=data_root, device=device),
+                                          progress=progress, resume=True, out=out, results=results)
+                if not train_missing:
+                    _, _, done = locate_run(cfg.validate().resolved())
+                    if done is not None:
+                        runs[(arm, seed)] = read_summary(done)
+                    continue
+                summary = run_or_reuse(cfg)
+                if publish_results and not summary.get("cached"):
+                    summary["run_dir"] = publish(summary, results).as_posix()
+                runs[(arm, seed)] = summary
+    return runs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,12 +344,13 @@ def publish(summary: dict[str, Any], results_root: str = "results") -> Path:
 
 def run_table2(budget: str, *, data_root: str | None = None, device: str = "auto", seed: int = 0,
                progress: str = "auto", publish_results: bool | None = None, out: str = "runs",
-               results: str = "results") -> list[dict[str, Any]]:
+               results: str = "results", train_headline: bool = False) -> list[dict[str, Any]]:
     """Run (or look up) every cell a budget covers; one dict per Table 2 cell.
 
     Each dict has model/label/depth/k/dataset, and either `summary` (the run's summary, with
-    `run_dir` pointing at its files) or `reason` (why it is not run). Finished runs of the cpu and
-    paper budgets are copied to results/table2/ (`publish_results`; smoke runs stay in runs/).
+    `run_dir` pointing at its files), or `progress` (the cpu budget's headline run, unfinished: it
+    trains for hours, only with `train_headline`), or `reason` (why it is not run). Finished runs of
+    the cpu and paper budgets are copied to results/table2/ (`publish_results`; smoke stays in runs/).
     """
     publish_results = budget != "smoke" if publish_results is None else publish_results
     results_out = []
@@ -234,14 +358,36 @@ def run_table2(budget: str, *, data_root: str | None = None, device: str = "auto
         row = {"model": cell.model, "label": cell.label, "depth": cell.depth, "k": cell.k, "dataset": cell.dataset}
         if cell.config is None:
             row["reason"] = cell.reason
+        elif budget == "cpu" and not train_headline:
+            _, h, done = locate_run(cell.config.validate().resolved())
+            if done is not None:
+                row["summary"] = read_summary(done)
+            else:
+                row["progress"] = run_progress(cell.config, h)
         else:
-            cfg = dataclasses.replace(cell.config, progress=progress, resume=True, out=out, results=results)
+            cfg = dataclasses.replace(cell.config, progress=progress, resume=True, out=cell.config.out if
+                                      budget == "cpu" else out, results=results)
             summary = train(cfg)
             if publish_results:
                 summary["run_dir"] = publish(summary, results).as_posix()
             row["summary"] = summary
         results_out.append(row)
     return results_out
+
+
+def run_progress(config: RunConfig, h: str) -> dict[str, Any]:
+    """How far an unfinished run got, from the metrics.csv beside its checkpoint (none: not started)."""
+    from densenet_repro.train import run_name
+
+    folder = Path(config.out) / config.experiment / run_name(config, h)
+    done = read_metrics(folder) if (folder / "metrics.csv").is_file() else None
+    progress: dict[str, Any] = {"run_dir": folder.as_posix(), "epochs": config.epochs,
+                                "epochs_done": 0 if done is None else int(done["epoch"].iloc[-1])}
+    if done is not None:
+        progress.update(test_err_pct=float(done["test_err_pct"].iloc[-1]),
+                        train_time_s=float((done["epoch_time_s"] + done["eval_time_s"]).sum()),
+                        epoch_time_s=float(done["epoch_time_s"].median()))
+    return progress
 
 
 def result_files(cells: list[dict[str, Any]]) -> list[str]:
@@ -251,7 +397,14 @@ def result_files(cells: list[dict[str, Any]]) -> list[str]:
         if "summary" in c:
             d = Path(c["summary"]["run_dir"])
             files += [(d / "summary.json").as_posix(), (d / "metrics.csv").as_posix()]
+        elif c.get("progress", {}).get("epochs_done"):
+            files.append((Path(c["progress"]["run_dir"]) / "metrics.csv").as_posix())
     return files
+
+
+def comparison_files(runs: dict) -> list[str]:
+    """The metrics/summary files behind the comparisons (for provenance.record)."""
+    return [(Path(s["run_dir"]) / name).as_posix() for s in runs.values() for name in ("summary.json", "metrics.csv")]
 
 
 def curves(cells: list[dict[str, Any]]):
@@ -271,7 +424,7 @@ def curves(cells: list[dict[str, Any]]):
 
 def table2_main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m densenet_repro table2",
-                      description="Run (or reuse) every Table 2 cell of a budget and print the table.")
+                      description="Run (or reuse) every Table 2 cell and comparison of a budget and print them.")
     p.add_argument("--budget", choices=BUDGETS, default="cpu")
     p.add_argument("--data-root", default=None, help="dataset folder (default: $DENSENET_DATA or ./data)")
     p.add_argument("--device", default="auto")
@@ -280,6 +433,9 @@ def table2_main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default="results")
     p.add_argument("--progress", choices=("auto", "bar", "line", "none"), default="auto")
     p.add_argument("--list", action="store_true", help="only list the cells and what is scaled")
+    p.add_argument("--headline", action="store_true",
+                   help="cpu budget: train (or resume) the headline run, DenseNet L=40 on C10+ for 30 epochs "
+                        "(hours on a CPU); its checkpoint stays in results/table2/ to be committed")
     args = p.parse_args(argv)
     from densenet_repro import table2
 
@@ -288,13 +444,18 @@ def table2_main(argv: list[str] | None = None) -> int:
         for c in table2_cells(args.budget, seed=args.seed, data_root=args.data_root, device=args.device):
             print(f"{c.model:20s} {c.dataset:6s} " + ("run" if c.config else c.reason))
         return 0
+    if args.headline and args.budget != "cpu":
+        p.error("--headline belongs to the cpu budget (the paper budget trains every cell at 300 epochs)")
     try:
         cells = run_table2(args.budget, data_root=args.data_root, device=args.device, seed=args.seed,
-                           progress=args.progress, out=args.out, results=args.results)
+                           progress=args.progress, out=args.out, results=args.results, train_headline=args.headline)
+        runs = {} if args.headline else run_comparisons(args.budget, data_root=args.data_root, device=args.device,
+                                                        progress=args.progress, out=args.out, results=args.results)
     except UserError as e:  # anything else is a bug: it keeps its traceback
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 1
-    print(table2.comparison_table(cells, budget=args.budget).to_string(index=False))
-    print()
-    print(table2.verdict(cells, budget=args.budget))
+    print(table2.table2_matrix(cells, args.budget).to_string(index=False))
+    if runs:
+        print()
+        print(table2.comparisons_table(runs, args.budget).to_string(index=False))
     return 0

@@ -707,9 +707,6 @@ def train(config: RunConfig, *, on_epoch_end: Callable[[int, dict[str, Any]], No
         if ckpt_path.exists() and not config.resume:
             raise RunExistsError(f"{run_dir} holds an unfinished run (checkpoint.pt): pass --resume (resume=True) "
                                  "to continue it, or delete the folder to start over")
-        if config.resume and not ckpt_path.exists() and main_process and config.progress != "none":
-            print(f"{run_name(config, h)}: nothing to resume in {run_dir} (no checkpoint.pt): starting the run",
-                  file=sys.stderr)
         saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
                  torch.backends.cudnn.benchmark)
         if config.num_threads:
@@ -954,10 +951,12 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
     _restore(s, ckpt_path, h)
     name = run_name(config, h)
     if d.main:
-        from densenet_repro.provenance import versions
+        from densenet_repro.provenance import git_commit, versions
 
+        commit, dirty = git_commit()
         cfg = config.to_dict() | {"config_hash": h, "data_source_id": source.id, "data_source": source.description,
-                                  "versions": versions(), "world_size": d.world, "params": s.n_params}
+                                  "versions": versions(), "world_size": d.world, "params": s.n_params,
+                                  "commit": commit + ("+changes" if dirty else "")}
         atomic_write_text(run_dir / "config.json", json.dumps(cfg, indent=1, default=str) + "\n")
         if s.rows:
             _write_metrics(run_dir / "metrics.csv", s.rows)  # drop rows of an epoch the checkpoint lacks
@@ -1119,11 +1118,21 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
+def _say_if_nothing_to_resume(config: RunConfig) -> None:
+    resolved = config.resolved()
+    _, h, done = locate_run(resolved)
+    folder = Path(config.out) / config.experiment / run_name(config, h)
+    if done is None and not (folder / CHECKPOINT).exists():
+        print(f"note: nothing to resume in {folder} (no checkpoint.pt): starting the run", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args).validate()
+        if args.resume:
+            _say_if_nothing_to_resume(config)
         summary = train(config)
     except UserError as e:  # anything else is a bug in this package: it keeps its traceback
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

@@ -70,57 +70,122 @@ def test_missing_data_is_one_clear_line(tmp_path, capsys):
 def test_table2_list_shows_every_cell(capsys):
     assert experiments.table2_main(["--budget", "cpu", "--list"]) == 0
     out = capsys.readouterr().out
-    assert out.count("not run") == 30 - 4  # cpu budget: 2 rows x C10, C10+
-    assert "5,000 of 50,000" in out
+    assert out.count("not run") == 27 - 1  # cpu budget: the headline cell only; the families are compared apart
+    assert "all 50,000" in out and "30 (paper 300)" in out
 
 
 # --- the table2 command's plan and analysis ------------------------------------------------------
 
 def test_budgets_cover_the_promised_cells():
     paper = experiments.table2_cells("paper")
-    assert len(paper) == 30 and sum(c.config is not None for c in paper) == 27  # BC-190: C10+/C100+ only
+    assert len(paper) == 27 and all(c.config is not None for c in paper)  # the cells the paper reports
     for c in paper:
-        if c.config is not None:
-            r = c.config.resolved()
-            assert r.model_kwargs == {} and r.train_subset is None and r.amp == "none"
-            assert r.epochs == (40 if c.dataset == "svhn" else 300)
+        r = c.config.resolved()
+        assert r.model_kwargs == {} and r.train_subset is None and r.amp == "none"
+        assert r.epochs == (40 if c.dataset == "svhn" else 300)
     cpu = [c for c in experiments.table2_cells("cpu") if c.config is not None]
-    assert {(c.model, c.dataset) for c in cpu} == {(m, d) for m in ("densenet40_k12", "densenet_bc100_k12")
-                                                   for d in ("c10", "c10+")}
+    assert [(c.model, c.dataset) for c in cpu] == [("densenet40_k12", "c10+")]
+    head = cpu[0].config.resolved()
+    assert (head.epochs, head.amp, head.train_subset, head.test_subset, head.model_kwargs) == (30, "none", None, None, {})
     assert all(c.config.data_source == "synthetic" for c in experiments.table2_cells("smoke") if c.config)
 
 
-def _cell(model, dataset, final, best=None, depth=None):
-    from densenet_repro.table2 import PAPER_ERRORS  # noqa: F401 (the cells are Table 2's)
+def test_the_headline_config_keeps_its_committed_hash():
+    """The run in progress is committed under this hash: changing the config would orphan it."""
+    from densenet_repro.train import config_hash
 
-    label, paper_depth = {"densenet40_k12": ("DenseNet (k = 12)", 40),
-                          "densenet_bc100_k12": ("DenseNet-BC (k = 12)", 100)}[model]
-    summary = {"reported_test_error_pct": final, "best_test_error_pct": best if best is not None else final,
-               "best_epoch": 3, "epochs": 8, "params": 250_000, "model_kwargs": {"depth": depth} if depth else {},
-               "data": {"train": 5000, "test": 2000, "source": "CIFAR-10 test copy"}}
-    return {"model": model, "label": label, "depth": paper_depth, "k": 12, "dataset": dataset, "summary": summary}
+    cfg = experiments.headline_config()
+    assert config_hash(cfg, "folder:cifar10-jpeg.tar.gz") == "4bd6f77af9"
+    assert cfg.out == cfg.results == "results" and cfg.experiment == "table2"
 
 
-def test_verdict_is_computed_from_the_numbers():
+def test_comparisons_train_on_the_full_set_with_seeds():
+    for comp in experiments.COMPARISONS:
+        for arm in (comp.a, comp.b):
+            cfgs = [experiments.arm_config(arm, "cpu", s) for s in experiments.comparison_seeds("cpu")]
+            assert len(cfgs) >= 2 and all(c.train_subset is None and c.test_subset is None for c in cfgs)
+            assert len({c.epochs for c in cfgs}) == 1 and {c.seed for c in cfgs} == {0, 1}
+    aug = next(c for c in experiments.COMPARISONS if c.key == "augmentation")
+    assert aug.a.drop_rate in (None, 0.0) and aug.b.drop_rate == 0.0  # dropout separated from augmentation
+    assert experiments.arm_config(aug.b, "cpu", 0).resolved().drop_rate == 0.0
+    assert experiments.arm_config(aug.a, "cpu", 0).resolved().drop_rate == 0.0
+
+
+def test_cpu_budget_picks_precision_from_the_cpu(monkeypatch):
+    import torch
+
+    for native, amp in ((False, "none"), (True, "bf16")):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        cfg = experiments.budget_config("densenet40_k12", "c10+", "cpu")
+        assert cfg.amp == amp and cfg.fast_blocks is native
+
+
+def _summary(final, best=None, params=76_018, **kw):
+    return {"reported_test_error_pct": final, "best_test_error_pct": best if best is not None else final,
+            "best_epoch": 3, "epochs": 3, "params": params, "final_train_loss": 1.0, "wall_time_s": 60.0,
+            "model_kwargs": {"depth": 13}, "data": {"train": 50000, "test": 10000, "source": "CIFAR-10 test copy"},
+            "amp": "none", "device": "cpu", **kw}
+
+
+def _cells(head=None):
+    cells = []
+    for c in experiments.table2_cells("cpu"):
+        row = {"model": c.model, "label": c.label, "depth": c.depth, "k": c.k, "dataset": c.dataset}
+        if c.config is None:
+            row["reason"] = c.reason
+        elif head is None:
+            row["progress"] = {"epochs": 30, "epochs_done": 4, "test_err_pct": 20.5, "train_time_s": 7200.0,
+                               "epoch_time_s": 1600.0, "run_dir": "x"}
+        else:
+            row["summary"] = _summary(head, epochs=30)
+        cells.append(row)
+    return cells
+
+
+def test_headline_verdict_is_computed_from_the_run():
     from densenet_repro import table2
 
-    cells = [_cell("densenet40_k12", "c10", 40.0, 39.0, 22), _cell("densenet40_k12", "c10+", 35.0, 35.0, 22),
-             _cell("densenet_bc100_k12", "c10", 45.0, 44.5, 40), _cell("densenet_bc100_k12", "c10+", 38.0, 37.0, 40)]
-    text = table2.verdict(cells, "cpu")
-    assert "4 of the 4" in text and "+29.76 to +39.08 points" in text  # 35.00-5.24 ... 45.00-5.92
-    assert "it does for 2 of 2 models" in text                          # C10+ < C10 for both
-    assert "the opposite ordering" in text                              # BC worse than plain here
-    assert "by 0.00 to 1.00 points" in text                             # final - best
-    matrix = table2.table2_matrix(cells)
-    assert matrix.loc[0, "C10"] == "7.00 / 40.00" and matrix.loc[1, "C10+"] == "4.51 / 38.00"
-    h = table2.headlines(cells, "cpu")
-    assert h["DenseNet (k = 12) L=22 C10 error % (cpu; paper, quoted: 7.00 at L=40)"] == 40.0
+    progress = table2.headline(_cells(), "densenet40_k12", "c10+", 9.0)
+    text = table2.headline_text(progress)
+    assert "In progress, no verdict yet" in text and "4 of 30 epochs" in text and "11.6 h to go" in text
+    assert table2.table2_matrix(_cells(), "cpu").set_index("Depth").loc[40, "C10+"].startswith("5.24 / 20.50 after epoch 4/30")
+    for final, word in ((8.9, "met"), (9.1, "not met")):
+        h = table2.headline(_cells(final), "densenet40_k12", "c10+", 9.0)
+        assert f"the target is **{word}**" in table2.headline_text(h)
+    matrix = table2.table2_matrix(_cells(8.9), "cpu")
+    assert len(matrix) == 13 and matrix.loc[0, "C10"] == "13.63"  # every row of the paper, quoted
+    assert table2.counts(_cells(8.9)) == {"cells": 27, "finished": 1, "in progress": 0, "not run": 26}
 
 
-def test_paper_budget_verdict_uses_the_tolerance():
-    from densenet_repro import table2
+def test_comparison_verdicts_come_from_intervals():
+    from densenet_repro import stats, table2
 
-    cells = [_cell("densenet40_k12", "c10+", 5.50), _cell("densenet_bc100_k12", "c10+", 5.51)]
-    text = table2.verdict(cells, "paper")
-    assert "1 of 2 cells are within the tolerance" in text          # 5.50-5.24=0.26 ok, 5.51-4.51=1.00 not
-    assert "DenseNet-BC (k = 12) L=100 on C10+ is +1.00 points" in text
+    def runs(errors):  # arm label -> errors over seeds
+        return {(arm, seed): _summary(e) for comp in experiments.COMPARISONS for arm in (comp.a, comp.b)
+                for seed, e in enumerate(errors[arm.label])}
+
+    # every claim true, by a margin far beyond the seed spread
+    ordered = {"DenseNet-BC": [20.0, 20.4], "DenseNet": [30.0, 30.6], "DenseNet, C10+": [30.0, 30.6],
+               "DenseNet, C10, dropout 0.2": [40.0, 40.2], "DenseNet, C10 without dropout": [50.0, 50.5]}
+    holds = table2.comparison_results(runs(ordered), "cpu")
+    assert {r["verdict"] for r in holds} == {stats.HOLDS}
+    reversed_ = {k: [100 - e for e in v] for k, v in ordered.items()}
+    assert {r["verdict"] for r in table2.comparison_results(runs(reversed_), "cpu")} == {stats.FAILS}
+    noisy = {k: [30.0, 34.0] if i % 2 else [31.0, 33.0] for i, k in enumerate(ordered)}
+    assert table2.comparison_results(runs(noisy), "cpu")[0]["verdict"] == stats.INCONCLUSIVE
+    d = holds[0]["difference"]
+    assert d.diff == pytest.approx(-10.1) and d.low < d.diff < d.high
+    table = table2.comparisons_table(runs(ordered), "cpu")
+    assert (table["Verdict"] == "holds").all() and "20.00, 20.40" in table.iloc[0]["A: final test error %"]
+
+
+def test_welch_interval_matches_scipy():
+    from scipy import stats as ss
+
+    from densenet_repro import stats
+
+    a, b = [1.0, 2.0, 4.0], [3.0, 5.0]
+    d = stats.difference(a, b)
+    res = ss.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(0.95)
+    assert (d.low, d.high) == pytest.approx((ci.low, ci.high))

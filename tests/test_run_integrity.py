@@ -155,8 +155,12 @@ def test_divergence_advice_fits_the_precision():
 
 
 def test_resume_with_nothing_to_resume_says_so(tmp_path, capsys):
-    T.train(tiny(tmp_path, resume=True, progress="line"))
+    argv = [*SMOKE, "--model-kwargs", '{"depth": 10}', "--train-subset", "128", "--test-subset", "64", "--threads", "1",
+            "--device", "cpu", "--out", str(tmp_path / "runs"), "--results", ""]
+    assert T.main([*argv, "--resume"]) == 0
     assert "nothing to resume" in capsys.readouterr().err
+    assert T.main([*argv, "--resume"]) == 0  # finished now: nothing to say
+    assert "nothing to resume" not in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------

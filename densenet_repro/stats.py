@@ -1,0 +1,69 @@
+"""Intervals and verdicts from a few seeds.
+
+A claim "A has a lower error than B" is judged on the difference of the mean errors over seeds,
+with a Welch t-interval (unequal variances; with two seeds per arm it has about one degree of
+freedom, so it is wide: that width is the honest price of two seeds):
+
+    holds                            the whole 95% interval is on the claimed side of 0
+    does not hold                    the whole interval is on the other side
+    inconclusive at this budget      the interval contains 0
+
+No verdict is ever written by hand; every report computes it from the runs it shows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive at this budget"
+
+
+@dataclass(frozen=True)
+class Difference:
+    mean_a: float
+    mean_b: float
+    sd_a: float | None      # sample standard deviation over seeds (None with one seed)
+    sd_b: float | None
+    n_a: int
+    n_b: int
+    diff: float             # mean_a - mean_b
+    low: float              # 95% interval of diff (nan with fewer than two seeds per arm)
+    high: float
+
+    def verdict(self, claim_a_lower: bool = True) -> str:
+        """The claim 'a < b' (claim_a_lower) or 'a > b', judged from the interval."""
+        if math.isnan(self.low):
+            return INCONCLUSIVE
+        low, high = (self.low, self.high) if claim_a_lower else (-self.high, -self.low)
+        if high < 0:
+            return HOLDS
+        if low > 0:
+            return FAILS
+        return INCONCLUSIVE
+
+
+def _mean_sd(x: list[float]) -> tuple[float, float | None]:
+    m = sum(x) / len(x)
+    if len(x) < 2:
+        return m, None
+    return m, math.sqrt(sum((v - m) ** 2 for v in x) / (len(x) - 1))
+
+
+def difference(a: list[float], b: list[float], level: float = 0.95) -> Difference:
+    """mean(a) - mean(b) with a Welch t-interval."""
+    if not a or not b:
+        raise ValueError("both arms need at least one run")
+    from scipy import stats
+
+    ma, sa = _mean_sd(a)
+    mb, sb = _mean_sd(b)
+    if sa is None or sb is None:
+        return Difference(ma, mb, sa, sb, len(a), len(b), ma - mb, math.nan, math.nan)
+    va, vb = sa ** 2 / len(a), sb ** 2 / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return Difference(ma, mb, sa, sb, len(a), len(b), ma - mb, ma - mb, ma - mb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = stats.t.ppf(0.5 + level / 2, df) * se
+    return Difference(ma, mb, sa, sb, len(a), len(b), ma - mb, ma - mb - half, ma - mb + half)
