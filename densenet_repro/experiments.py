@@ -1,38 +1,26 @@
-"""What each budget runs for Table 2, and the `table2` command.
+"""What each budget runs for Table 2 (notebook 02), and the `table2` command.
 
-    python -m densenet_repro table2 --budget cpu [--data-root ../shared/data] [--device cpu]
+    python -m densenet_repro table2 --budget cpu [--data-root DIR]    # the comparisons
+    python -m densenet_repro table2 --headline [--data-root DIR]      # the headline run (hours on a CPU)
 
-Table 2 has six DenseNet rows and five dataset columns (C10, C10+, C100, C100+, SVHN).
+Table 2 has six DenseNet rows and five dataset columns (C10, C10+, C100, C100+, SVHN); the paper
+reports 27 of those 30 cells.
 
-    paper   every DenseNet row on every column, the paper's exact protocol: full depth, the
-            full training set, 300 epochs (CIFAR) / 40 (SVHN). Needs the official datasets and a GPU.
-    cpu     the two families, DenseNet (k=12) and DenseNet-BC (k=12), scaled down to fit about
-            15 minutes on a 2-core CPU: fewer layers per block, a class-balanced subset of the
-            training and test sets, fewer epochs (milestones scaled), bf16 autocast and
-            channels_last (the fast CPU path; the paper trained in fp32). Columns C10 and C10+ only:
-            CIFAR-10 is the dataset available offline here. `scaling_table("cpu")` lists exactly
-            what was scaled and by how much; the notebook prints it.
-    smoke   the same two families at a toy size on synthetic data, four columns; seconds.
+    paper   every one of the 27 cells at the paper's exact protocol: full depth, the full training
+            set, 300 epochs (CIFAR) / 40 (SVHN). Needs the official datasets and a GPU.
+    cpu     the headline cell, the paper's DenseNet (L=40, k=12) on C10+ with every training and
+            test image for 30 epochs (trained apart, resumable, its checkpoint committed); and the
+            claims the table supports, compared at equal compute on small models of both families
+            (full training set, 2 epochs, 2 seeds): `COMPARISONS`. Precision and blocks follow the
+            CPU (`cpu_speed_choice`). `scaling_table("cpu")` lists what is scaled and by how much.
+    smoke   two rows at toy sizes on synthetic data, four columns, and the comparisons; seconds.
 
-A cell that a budget does not run carries the reason, which the notebook shows in the table.
-
-GPU check (issue 3; prepared, not run here: no GPU was lent to this task). One epoch of the
-paper's protocol for DenseNet-BC-100 k=12 on C10+ (all 50,000 images, batch 64, augmentation),
-bf16, channels_last, torch.compile; epoch 2 is the measurement (epoch 1 includes compilation):
-
-    python -m densenet_repro train --model densenet_bc100_k12 --dataset c10+ --epochs 2 --amp bf16 \
-        --channels-last --compile --device cuda --data-root ../shared/data --experiment gpu_check \
-        --out results --results ""
-
-results/gpu_check/<run>/metrics.csv then holds images/s and the epoch time per epoch, and
-summary.json the device name and `peak_gpu_memory_gib` (torch.cuda.max_memory_allocated).
+A cell that a budget does not run carries the reason, which the notebook shows.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import shutil
 import sys
 from dataclasses import dataclass
@@ -199,7 +187,9 @@ def scaling_table(budget: str):
     from densenet_repro import create_model
 
     out = []
-    kinds = [(f"{label}, L={depth}", model) for model, label, depth, _ in TABLE2_ROWS if model in _rows(budget)]
+    what = {"paper": "", "cpu": " family: the comparisons", "smoke": " family"}[budget]
+    kinds = [(f"{label}{what} (paper's L={depth})", model) for model, label, depth, _ in TABLE2_ROWS
+             if model in _rows(budget)]
     for title, model in kinds:
         cfg = budget_config(model, "c10+", budget).resolved()
         out.append(_scaling_row(title, cfg, budget, create_model))
@@ -216,7 +206,7 @@ def _scaling_row(title: str, cfg: RunConfig, budget: str, create_model) -> dict[
     m1, m2 = (int(f * cfg.epochs) for f in cfg.lr_milestones)
     return {
         "run (paper's model)": title,
-        "ours: depth L": cfg.model_kwargs.get("depth", create_model(cfg.model).depth if hasattr(create_model(cfg.model), "depth") else "paper's"),
+        "ours: depth L": cfg.model_kwargs.get("depth", paper.row(cfg.model).depth),
         "layers per block": f"{ours.block_config[0]} (paper {create_model(cfg.model).block_config[0]})",
         "parameters": f"{sum(p.numel() for p in ours.parameters()):,} (paper's model {paper_params / 1e6:.2f}M)",
         "training images": f"{SYNTHETIC_SIZE[0]} synthetic (paper: 50,000)" if budget == "smoke" else "all 50,000",
@@ -405,21 +395,6 @@ def result_files(cells: list[dict[str, Any]]) -> list[str]:
 def comparison_files(runs: dict) -> list[str]:
     """The metrics/summary files behind the comparisons (for provenance.record)."""
     return [(Path(s["run_dir"]) / name).as_posix() for s in runs.values() for name in ("summary.json", "metrics.csv")]
-
-
-def curves(cells: list[dict[str, Any]]):
-    """Per-epoch metrics of every run of a table, in one long DataFrame (for the training curves)."""
-    import pandas as pd
-
-    frames = []
-    for c in cells:
-        if "summary" in c:
-            df = read_metrics(c["summary"]["run_dir"])
-            depth = (c["summary"].get("model_kwargs") or {}).get("depth") or c["depth"]
-            df["model"] = f"{c['label']}, L={depth}" + (f" (paper: L={c['depth']})" if depth != c["depth"] else "")
-            df["dataset"] = get_spec(c["dataset"]).title
-            frames.append(df)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def table2_main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,6 @@ Needs only torch (2.11 or newer) and the package; pytest for the tests phase.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
