@@ -12,7 +12,7 @@ reports 27 of those 30 cells.
             test image for 30 epochs (trained apart, resumable, its checkpoint committed); and the
             claims the table supports, compared at equal compute on small models of both families
             (full training set, 2 epochs, 2 seeds): `COMPARISONS`. Precision and blocks follow the
-            CPU (`cpu_speed_choice`). `scaling_table("cpu")` lists what is scaled and by how much.
+            CPU (`fastpath.settings`). `scaling_table("cpu")` lists what is scaled and by how much.
     smoke   two rows at toy sizes on synthetic data, four columns, and the comparisons; seconds.
 
 A cell that a budget does not run carries the reason, which the notebook shows.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from densenet_repro import paper
+from densenet_repro import fastpath, paper
 from densenet_repro.budgets import BUDGETS, check_budget
 from densenet_repro.data import SYNTHETIC_SIZE, get_spec
 from densenet_repro.errors import UserError
@@ -70,23 +70,6 @@ def headline_config(*, data_root: str | None = None, device: str = "auto", resul
                      device=device, budget="cpu", download=False)
 
 
-# --- precision and blocks from the CPU at hand ----------------------------------------------------
-def cpu_speed_choice() -> dict[str, Any]:
-    """amp and fast_blocks for a CPU run, from what this CPU runs fast.
-
-    bf16 only where oneDNN has native bf16 (AVX512-BF16 or AMX): on an AVX2-only EPYC a bf16 matmul
-    ran at 0.8 GFLOP/s against 91 in fp32, and a DenseNet-40 step took 20 s in bf16 against 3 s.
-    The fast dense blocks where they were measured to pay (x4.3 with bf16 on AMX, notebook 06);
-    in fp32 on the AVX2 EPYC they were slower than the plain blocks (DenseNet-40, batch 64, 2
-    threads: 2.21 against 2.05 s per step), so there the plain blocks.
-    """
-    import torch
-
-    bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return {"amp": "bf16" if bf16 else "none", "fast_blocks": bf16, "channels_last": bf16,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16}
-
-
 # --- what each budget runs -------------------------------------------------------------------------
 # cpu: the two families at a small depth, on the full training and test sets, for CPU_EPOCHS epochs
 # (milestones scaled: with 2 epochs, LR 0.1 for the first and 0.001 for the second), seeds
@@ -127,13 +110,13 @@ def budget_config(model: str, dataset: str, budget: str, *, seed: int = 0, data_
         scale = rows["densenet_bc100_k12" if model.startswith("densenet_bc") else "densenet40_k12"]
         if model not in CIFAR_DENSENETS:
             scale = dataclasses.replace(scale, depth=None)  # only the CIFAR DenseNets are rescaled
-    speed = cpu_speed_choice() if budget == "cpu" else {}
     kwargs = {"depth": scale.depth} if scale.depth is not None else {}
     return RunConfig(model=model, dataset=dataset, model_kwargs=kwargs, epochs=scale.epochs, drop_rate=drop_rate,
                      train_subset=SYNTHETIC_SIZE[0] if budget == "smoke" else None,
                      test_subset=SYNTHETIC_SIZE[1] if budget == "smoke" else None,
-                     amp=speed.get("amp", "none"), fast_blocks=speed.get("fast_blocks"),
-                     channels_last=speed.get("channels_last"), num_threads=scale.num_threads,
+                     # the cpu budget's precision follows the CPU (fastpath.settings); blocks and layout
+                     # are left to the engine, which takes the same fast path
+                     amp=fastpath.settings("cpu")["amp"] if budget == "cpu" else "none", num_threads=scale.num_threads,
                      data_source="synthetic" if budget == "smoke" else "auto", seed=seed, data_root=data_root,
                      device=device, experiment=experiment, budget=budget)
 
@@ -272,7 +255,7 @@ def arm_config(arm: Arm, budget: str, seed: int, *, data_root: str | None = None
 def run_or_reuse(config: RunConfig) -> dict[str, Any]:
     """train(config), unless a finished run of the same recipe in the other precision is at hand.
 
-    A cpu-budget run's precision follows the CPU that trains it (cpu_speed_choice), so a run
+    A cpu-budget run's precision follows the CPU that trains it (fastpath.settings), so a run
     committed from an AMX machine (bf16) is reused on an AVX2 one (fp32) and the other way round;
     each summary says which precision and CPU made it.
     """

@@ -1,23 +1,27 @@
-"""The fastest exact way to train our DenseNets on a device: the settings train.py makes the default.
+"""The fastest exact way to train our DenseNets on a device: the one place the engine's speed defaults live.
 
-Measured by `python -m densenet_repro bench` (results/bench/, notebook 06). On CPU the fast path is
+`settings(device)` gives the RunConfig knob values that train.py takes wherever a run leaves them
+unset (channels_last, compile, fast_blocks; None in RunConfig) and the precision that the cpu budget
+picks (amp; the engine itself never changes a run's precision, which is part of its recipe):
 
-    bf16 autocast + channels-last + fast dense blocks (models/fast_dense.py), no torch.compile:
+    CPU with native bf16 (AVX512-BF16, AMX)   bf16 autocast + channels-last + fast dense blocks
+    CPU without (e.g. AVX2 only)              fp32, plain blocks, NCHW
+    one CUDA GPU                              bf16 autocast + channels-last + a compiled step
+                                              replayed as a CUDA graph; plain blocks
+    several CUDA processes (DDP)              the same without compilation
 
-the fast blocks compute the same function as the plain blocks (tests/test_fast_dense.py) with a
-fraction of the element-wise work and activation memory linear in depth; torch.compile adds
-minutes of compilation on a small CPU and nothing measurable on top of them (the blocks are opaque
-to it). bf16 autocast changes the rounding, not the model: `python -m densenet_repro bench accuracy`
-compares its final accuracy with fp32 on short real runs.
+Evidence (results/bench/, notebook 06, README "Performance notes"): on a Sapphire Rapids (AMX) the
+CPU fast path trained DenseNet-BC-100 x4.3 faster than naive eager fp32; the fast blocks compute
+the same function as the plain blocks (tests/test_fast_dense.py); torch.compile adds minutes of
+compilation on a small CPU and nothing measurable on top of them. On an AVX2-only EPYC a bf16
+matmul ran >100x slower than fp32 and the fast blocks were slower than the plain ones in fp32
+(DenseNet-40, batch 64, 2 threads: 2.21 against 2.05 s per step). On a GPU a DenseNet step at
+batch 64 is ~1,500 small kernels: launches, not FLOPs, set its time, which CUDA graphs remove.
 
-On CUDA nothing here has been measured (no GPU was available): the recommendation there is the
-standard one, bf16 + channels-last + torch.compile, with the plain blocks; scripts/gpu_benchmark.py
-measures it.
-
-Use (training engine):
+Use:
 
     from densenet_repro import fastpath
-    knobs = fastpath.settings(device)           # {"amp": "bf16", "channels_last": True, ...}
+    knobs = fastpath.settings(device)           # {"amp": ..., "channels_last": ..., "compile": ..., "fast_blocks": ...}
     model = fastpath.apply(model, device, distributed=world > 1 and sync_bn)
 """
 
@@ -33,13 +37,24 @@ import torch
 from torch import nn
 
 
-def settings(device: str | torch.device) -> dict[str, object]:
-    """RunConfig knob values of the fast path on `device` (cpu or cuda)."""
+# The CPU fast path measured by the benchmark (bf16 + channels-last + fast blocks) and the CPU
+# fallback where bf16 is not native.
+BF16_CPU = {"amp": "bf16", "channels_last": True, "compile": False, "fast_blocks": True}
+FP32_CPU = {"amp": "none", "channels_last": False, "compile": False, "fast_blocks": False}
+
+
+def bf16_native() -> bool:
+    """Whether oneDNN runs bf16 in hardware on this CPU (AVX512-BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def settings(device: str | torch.device, world: int = 1) -> dict[str, object]:
+    """RunConfig knob values of the fast path on `device` (cpu or cuda) with `world` processes."""
     dev = torch.device(device)
     if dev.type == "cpu":
-        return {"amp": "bf16", "channels_last": True, "compile": False, "fast_blocks": True}
+        return dict(BF16_CPU if bf16_native() else FP32_CPU)
     if dev.type == "cuda":
-        return {"amp": "bf16", "channels_last": True, "compile": True, "fast_blocks": False}
+        return {"amp": "bf16", "channels_last": True, "compile": world == 1, "fast_blocks": False}
     raise ValueError(f"no fast path known for device {str(device)!r}: use 'cpu' or 'cuda'")
 
 

@@ -107,15 +107,15 @@ class RunConfig:
     data_root: str | None = option(None)     # None: $DENSENET_DATA or ./data (see densenet_repro.data)
     data_source: str = option("auto")        # auto | torchvision | folder | synthetic
     eval_batch_size: int = option(500)       # evaluation only; does not change the numbers
-    # Speed knobs, None = the device's default (`speed_knobs`): on one CUDA GPU channels_last and a
-    # compiled step replayed as a CUDA graph; on CPU neither (compilation costs minutes there and
-    # the fast dense blocks are opaque to it).
+    # Speed knobs, None = the device's fast path (fastpath.settings, via `speed_knobs`): on one CUDA
+    # GPU channels_last and a compiled step replayed as a CUDA graph; on a CPU with native bf16
+    # channels_last and the fast dense blocks; never compilation on CPU.
     channels_last: bool | None = option(None)  # NHWC memory layout
     compile: bool | None = option(None)        # torch.compile the step (CUDA: with CUDA graphs)
     memory_efficient: bool = option(False)   # recompute concat-BN-ReLU-conv in backward (Pleiss et al.)
     # The exact fast dense blocks (models/fast_dense.py: shared BN statistics, one feature buffer,
-    # fused kernels; the same function). None: wherever they are supported (a DenseNet on CPU in
-    # one process, see fastpath.fast_blocks_supported); False: plain blocks.
+    # fused kernels; the same function). None: where the device's fast path uses them and they are
+    # supported (a DenseNet on CPU in one process, fastpath.fast_blocks_supported); False: plain.
     fast_blocks: bool | None = option(None)
     deterministic: bool = option(False)      # deterministic kernels: bit-exact reruns and resumes (slower on GPU)
     device: str = option("auto")             # auto: cuda if available, else cpu
@@ -246,8 +246,8 @@ def _use_fast_blocks(config: RunConfig, model: nn.Module, dev: torch.device, dis
     from densenet_repro import fastpath
     from densenet_repro.models import fast_dense
 
-    if config.fast_blocks is None:  # auto: not where the user asked for the plain recompute path
-        auto = config.amp != "fp16" and not config.memory_efficient
+    if config.fast_blocks is None:  # auto: the device's fast path, unless the plain recompute path was asked for
+        auto = config.amp != "fp16" and not config.memory_efficient and fastpath.settings(dev)["fast_blocks"]
         if not (auto and fastpath.fast_blocks_supported(model, dev, distributed)):
             return False
     elif not config.fast_blocks:
@@ -788,10 +788,12 @@ def _setup(config: RunConfig, source: data_lib.SourceInfo, dev: torch.device, d:
 
 
 def speed_knobs(config: RunConfig, dev: torch.device, world: int = 1) -> dict[str, bool]:
-    """The run's channels_last and compile: as asked, else the device's default (see RunConfig)."""
-    gpu = dev.type == "cuda"
-    return {"channels_last": config.channels_last if config.channels_last is not None else gpu,
-            "compile": config.compile if config.compile is not None else gpu and world == 1}
+    """The run's channels_last and compile: as asked, else the device's fast path (fastpath.settings)."""
+    from densenet_repro import fastpath
+
+    fast = fastpath.settings(dev, world)
+    return {"channels_last": config.channels_last if config.channels_last is not None else fast["channels_last"],
+            "compile": config.compile if config.compile is not None else fast["compile"]}
 
 
 class CompiledForOneShape(nn.Module):

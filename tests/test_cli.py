@@ -114,10 +114,13 @@ def test_comparisons_train_on_the_full_set_with_seeds():
 def test_cpu_budget_picks_precision_from_the_cpu(monkeypatch):
     import torch
 
+    from densenet_repro import fastpath, train
+
     for native, amp in ((False, "none"), (True, "bf16")):
-        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(fastpath, "bf16_native", lambda native=native: native)
         cfg = experiments.budget_config("densenet40_k12", "c10+", "cpu")
-        assert cfg.amp == amp and cfg.fast_blocks is native
+        assert cfg.amp == amp and cfg.fast_blocks is None  # the engine takes the same fast path
+        assert train.speed_knobs(cfg, torch.device("cpu"))["channels_last"] is native
 
 
 def _summary(final, best=None, params=76_018, **kw):

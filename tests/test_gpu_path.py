@@ -32,7 +32,10 @@ def tiny(tmp_path: Path, **kw) -> T.RunConfig:
     return T.RunConfig(**base)
 
 
-def test_speed_knobs_follow_the_device():
+def test_speed_knobs_follow_the_device(monkeypatch):
+    from densenet_repro import fastpath
+
+    monkeypatch.setattr(fastpath, "bf16_native", lambda: False)
     c = T.RunConfig()
     assert T.speed_knobs(c, torch.device("cpu")) == {"channels_last": False, "compile": False}
     assert T.speed_knobs(c, torch.device("cuda", 0)) == {"channels_last": True, "compile": True}

@@ -227,7 +227,10 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_fast_blocks_are_the_cpu_default_and_train_like_the_plain_blocks(tmp_path):
+def test_fast_blocks_are_the_cpu_default_and_train_like_the_plain_blocks(tmp_path, monkeypatch):
+    from densenet_repro import fastpath
+
+    monkeypatch.setattr(fastpath, "bf16_native", lambda: True)  # a CPU whose fast path uses the fast blocks
     fast = T.train(tiny(tmp_path / "a", epochs=1))
     plain = T.train(tiny(tmp_path / "b", epochs=1, fast_blocks=False))
     assert fast["fast_blocks"] is True and plain["fast_blocks"] is False
