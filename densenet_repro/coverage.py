@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from densenet_repro import paper
+
 STATUSES = ("exact", "computed", "scaled", "quoted", "prepared", "planned")
 _STATUS_TEXT = {"prepared": "prepared but not run"}
 
@@ -38,29 +40,15 @@ class Item:
     aspects: tuple[str, ...]
 
 
-# Table 2, in the paper's order: (method, depth, params, which error columns the paper fills).
-# (Transcribed from the paper's Table 2; the numbers themselves are quoted in table2.py/registry.py.)
-_COLUMNS = ("C10", "C10+", "C100", "C100+", "SVHN")
-TABLE2_ROWS: tuple[tuple[str, int, str, tuple[str, ...]], ...] = (
-    ("ResNet", 110, "resnet110", _COLUMNS),
-    ("ResNet with Stochastic Depth", 110, "", _COLUMNS),
-    ("Wide ResNet", 16, "", ("C10+", "C100+")),
-    ("Wide ResNet", 28, "", ("C10+", "C100+")),
-    ("FractalNet with Dropout/Drop-path", 21, "", _COLUMNS),
-    ("ResNet (pre-activation)", 164, "preact_resnet164", ("C10", "C10+", "C100", "C100+")),
-    ("ResNet (pre-activation)", 1001, "preact_resnet1001", ("C10", "C10+", "C100", "C100+")),
-    ("DenseNet (k = 12)", 40, "densenet40_k12", _COLUMNS),
-    ("DenseNet (k = 12)", 100, "densenet100_k12", _COLUMNS),
-    ("DenseNet (k = 24)", 100, "densenet100_k24", _COLUMNS),
-    ("DenseNet-BC (k = 12)", 100, "densenet_bc100_k12", _COLUMNS),
-    ("DenseNet-BC (k = 24)", 250, "densenet_bc250_k24", _COLUMNS),
-    ("DenseNet-BC (k = 40)", 190, "densenet_bc190_k40", ("C10+", "C100+")),
-)
-# Our model name -> the item name of its Table 2 row.
-TABLE2_ITEM = {model: f"Table 2: {method}, L = {depth}" for method, depth, model, _ in TABLE2_ROWS if model}
 # Dataset names of the training engine -> Table 2 column.
 DATASET_COLUMN = {"c10": "C10", "c10+": "C10+", "c100": "C100", "c100+": "C100+", "svhn": "SVHN"}
-
+# Table 2, in the paper's order (densenet_repro.paper): (method, depth, our model or "", the error
+# columns the paper fills).
+TABLE2_ROWS: tuple[tuple[str, int, str, tuple[str, ...]], ...] = tuple(
+    (r.method, r.depth, r.model or "", tuple(DATASET_COLUMN[c] for c in paper.COLUMNS if r.error(c) is not None))
+    for r in paper.TABLE2)
+# Our model name -> the item name of its Table 2 row.
+TABLE2_ITEM = {model: f"Table 2: {method}, L = {depth}" for method, depth, model, _ in TABLE2_ROWS if model}
 PAPER_ITEMS: tuple[Item, ...] = (
     Item("Figure 1", "a 5-layer dense block: every layer takes all preceding feature maps",
          ("dense connectivity",)),

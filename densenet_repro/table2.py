@@ -307,6 +307,21 @@ def verdict(cells: list[dict[str, Any]], budget: str, runs: dict | None = None) 
     return " ".join(parts)
 
 
+def coverage_entries(cells: list[dict[str, Any]], budget: str) -> list[dict[str, Any]]:
+    """What notebook 02 covers beyond its finished Table 2 runs (which the index counts from their
+    files): a cell whose run is in progress is prepared, not yet reproduced."""
+    from densenet_repro import coverage
+
+    out = []
+    for c in cells:
+        p = c.get("progress")
+        if p is not None:
+            out.append(coverage.entry(coverage.TABLE2_ITEM[c["model"]], coverage.DATASET_COLUMN[c["dataset"]],
+                                      "prepared", f"{budget} budget run in progress: {p['epochs_done']} of "
+                                      f"{p['epochs']} epochs trained, no final error yet"))
+    return out
+
+
 def headlines(cells: list[dict[str, Any]], budget: str, runs: dict | None = None,
               head: dict[str, Any] | None = None) -> dict[str, float | str]:
     """Headline numbers for the reports index, conservative reading first."""
