@@ -15,3 +15,10 @@ def check_budget(budget: str) -> str:
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}: use one of {', '.join(BUDGETS)}")
     return budget
+
+# Seeds per arm of each comparison of notebook 02 (two at least, so that the spread is visible).
+COMPARISON_SEEDS = {"smoke": 2, "cpu": 2, "paper": 3}
+
+
+def comparison_seeds(budget: str) -> tuple[int, ...]:
+    return tuple(range(COMPARISON_SEEDS[check_budget(budget)]))

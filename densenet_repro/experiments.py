@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from densenet_repro import fastpath, paper
-from densenet_repro.budgets import BUDGETS, check_budget
+from densenet_repro.budgets import BUDGETS, check_budget, comparison_seeds
+from densenet_repro.paper import COMPARISONS, Arm
 from densenet_repro.data import SYNTHETIC_SIZE, get_spec
 from densenet_repro.errors import UserError
 from densenet_repro.train import (CIFAR_DENSENETS, OneLineParser, RunConfig, build_model, locate_run, read_metrics,
@@ -73,14 +74,13 @@ def headline_config(*, data_root: str | None = None, device: str = "auto", resul
 # --- what each budget runs -------------------------------------------------------------------------
 # cpu: the two families at a small depth, on the full training and test sets, for CPU_EPOCHS epochs
 # (milestones scaled: with 2 epochs, LR 0.1 for the first and 0.001 for the second), seeds
-# 0..CPU_SEEDS-1. The depths keep each family's design (DenseNet: 3x3 convs, no compression, 16-map
+# budgets.COMPARISON_SEEDS. The depths keep each family's design (DenseNet: 3x3 convs, no compression, 16-map
 # stem; DenseNet-BC: 1x1 bottleneck to 4k maps, compression 0.5, 2k stem), k = 12, two layers per
 # block, and about the same size: L = 10 DenseNet, 37,762 parameters; L = 16 DenseNet-BC, 44,410.
 # Sized from speeds measured on a 2-core AVX2 EPYC in fp32 with both cores: 0.25-0.31 s per step
 # of 64 images for these models (a DenseNet-40 step: 2.05 s), so the 8 runs take about 50 min there
 # on a quiet machine (several times that while other jobs share it).
 CPU_EPOCHS = 2
-CPU_SEEDS = 2
 CPU_ROWS = {"densenet40_k12": Scale(depth=10, epochs=CPU_EPOCHS),
             "densenet_bc100_k12": Scale(depth=16, epochs=CPU_EPOCHS)}
 # smoke: toy depths, 2 epochs, synthetic data (640 training / 320 test images); one thread, since
@@ -88,7 +88,6 @@ CPU_ROWS = {"densenet40_k12": Scale(depth=10, epochs=CPU_EPOCHS),
 SMOKE_ROWS = {"densenet40_k12": Scale(depth=10, epochs=2, num_threads=1),
               "densenet_bc100_k12": Scale(depth=16, epochs=2, num_threads=1)}
 SMOKE_COLUMNS = ("c10", "c10+", "c100+", "svhn")  # one of each kind: dropout, augmentation, 100 classes, val split
-SMOKE_SEEDS = 2
 
 
 def _rows(budget: str) -> dict[str, Scale]:
@@ -202,49 +201,6 @@ def _scaling_row(title: str, cfg: RunConfig, budget: str, create_model) -> dict[
 
 
 # --- equal-compute comparisons ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One side of a comparison: a model family at the budget's scale, a dataset, a dropout rate."""
-
-    label: str
-    model: str
-    dataset: str
-    drop_rate: float | None = None  # None: the paper's rule (0.2 without augmentation)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """The claim "arm a ends with a lower test error than arm b", same epochs, same seeds."""
-
-    key: str
-    claim: str
-    a: Arm
-    b: Arm
-    note: str = ""
-
-
-PLAIN, BC = "densenet40_k12", "densenet_bc100_k12"
-COMPARISONS = (
-    Comparison("bc_vs_plain", "DenseNet-BC (k = 12) has a lower error than DenseNet (k = 12) of about its size",
-               Arm("DenseNet-BC", BC, "c10+"), Arm("DenseNet", PLAIN, "c10+"),
-               "Table 2: 4.51% (BC-100, 0.8M) against 5.24% (L=40, 1.0M) on C10+"),
-    Comparison("augmentation", "augmentation lowers the error (dropout off on both sides)",
-               Arm("DenseNet, C10+", PLAIN, "c10+"), Arm("DenseNet, C10 without dropout", PLAIN, "c10", 0.0),
-               "Table 2 compares C10+ without dropout to C10 with dropout 0.2; here dropout is off on both sides"),
-    Comparison("dropout", "without augmentation, dropout 0.2 lowers the error",
-               Arm("DenseNet, C10, dropout 0.2", PLAIN, "c10"), Arm("DenseNet, C10 without dropout", PLAIN, "c10", 0.0),
-               "the paper's protocol uses dropout 0.2 exactly on the data without augmentation"),
-    Comparison("paper_columns", "C10+ (no dropout) has a lower error than C10 (dropout 0.2), as Table 2's columns",
-               Arm("DenseNet, C10+", PLAIN, "c10+"), Arm("DenseNet, C10, dropout 0.2", PLAIN, "c10"),
-               "the paper's own comparison: augmentation and dropout change together (confounded)"),
-)
-
-
-def comparison_seeds(budget: str) -> tuple[int, ...]:
-    check_budget(budget)
-    return tuple(range({"smoke": SMOKE_SEEDS, "cpu": CPU_SEEDS, "paper": 3}[budget]))
 
 
 def arm_config(arm: Arm, budget: str, seed: int, *, data_root: str | None = None, device: str = "auto") -> RunConfig:

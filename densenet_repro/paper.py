@@ -1,4 +1,4 @@
-"""The paper's Table 2, quoted: every row, its depth, parameters and errors.
+"""The paper's Table 2, quoted: every row, its depth, parameters and errors; and the claims it supports.
 
 Huang, Liu, van der Maaten, Weinberger, *Densely Connected Convolutional Networks* (CVPR 2017),
 Table 2: test error (%) on CIFAR-10/100 (C10, C100; "+" = standard augmentation) and SVHN.
@@ -58,3 +58,44 @@ def row(model: str) -> Table2Row:
 def densenet_cells() -> list[tuple[Table2Row, str]]:
     """The DenseNet cells the paper reports a number for (27: six rows x five columns, minus three "-")."""
     return [(r, c) for r in DENSENET_ROWS for c in COLUMNS if r.error(c) is not None]
+
+
+# --- the claims Table 2 supports, as comparisons two runs can test --------------------------------
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One side of a comparison: a model family (at a budget's scale), a dataset, a dropout rate."""
+
+    label: str
+    model: str
+    dataset: str
+    drop_rate: float | None = None  # None: the paper's rule (0.2 without augmentation)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The claim "arm a ends with a lower test error than arm b", at the same epochs and seeds."""
+
+    key: str
+    claim: str
+    a: Arm
+    b: Arm
+    note: str = ""
+
+
+PLAIN, BC = "densenet40_k12", "densenet_bc100_k12"
+COMPARISONS = (
+    Comparison("bc_vs_plain", "DenseNet-BC (k = 12) has a lower error than DenseNet (k = 12) of about its size",
+               Arm("DenseNet-BC", BC, "c10+"), Arm("DenseNet", PLAIN, "c10+"),
+               "Table 2: 4.51% (BC-100, 0.8M) against 5.24% (L=40, 1.0M) on C10+"),
+    Comparison("augmentation", "augmentation lowers the error (dropout off on both sides)",
+               Arm("DenseNet, C10+", PLAIN, "c10+"), Arm("DenseNet, C10 without dropout", PLAIN, "c10", 0.0),
+               "Table 2 compares C10+ without dropout to C10 with dropout 0.2; here dropout is off on both sides"),
+    Comparison("dropout", "without augmentation, dropout 0.2 lowers the error",
+               Arm("DenseNet, C10, dropout 0.2", PLAIN, "c10"), Arm("DenseNet, C10 without dropout", PLAIN, "c10", 0.0),
+               "the paper's protocol uses dropout 0.2 exactly on the data without augmentation"),
+    Comparison("paper_columns", "C10+ (no dropout) has a lower error than C10 (dropout 0.2), as Table 2's columns",
+               Arm("DenseNet, C10+", PLAIN, "c10+"), Arm("DenseNet, C10, dropout 0.2", PLAIN, "c10"),
+               "the paper's own comparison: augmentation and dropout change together (confounded)"),
+)

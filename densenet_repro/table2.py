@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from densenet_repro import paper, stats
+from densenet_repro.budgets import comparison_seeds
 from densenet_repro.data import get_spec
 
 PAPER_ERRORS: dict[str, dict[str, float | None]] = {
@@ -153,11 +154,9 @@ def headline_text(h: dict[str, Any]) -> str:
 
 def comparison_results(runs: dict, budget: str) -> list[dict[str, Any]]:
     """Per comparison: each arm's final errors over seeds, the difference, its 95% interval, the verdict."""
-    from densenet_repro.experiments import COMPARISONS, comparison_seeds
-
     out = []
     seeds = comparison_seeds(budget)
-    for comp in COMPARISONS:
+    for comp in paper.COMPARISONS:
         arms = (("a", comp.a), ("b", comp.b))
         errs = {side: [runs[(arm, s)]["reported_test_error_pct"] for s in seeds if (arm, s) in runs]
                 for side, arm in arms}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from densenet_repro import experiments, train
+from densenet_repro import budgets, experiments, paper, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,12 +100,12 @@ def test_the_headline_config_keeps_its_committed_hash():
 
 
 def test_comparisons_train_on_the_full_set_with_seeds():
-    for comp in experiments.COMPARISONS:
+    for comp in paper.COMPARISONS:
         for arm in (comp.a, comp.b):
-            cfgs = [experiments.arm_config(arm, "cpu", s) for s in experiments.comparison_seeds("cpu")]
+            cfgs = [experiments.arm_config(arm, "cpu", s) for s in budgets.comparison_seeds("cpu")]
             assert len(cfgs) >= 2 and all(c.train_subset is None and c.test_subset is None for c in cfgs)
             assert len({c.epochs for c in cfgs}) == 1 and {c.seed for c in cfgs} == {0, 1}
-    aug = next(c for c in experiments.COMPARISONS if c.key == "augmentation")
+    aug = next(c for c in paper.COMPARISONS if c.key == "augmentation")
     assert aug.a.drop_rate in (None, 0.0) and aug.b.drop_rate == 0.0  # dropout separated from augmentation
     assert experiments.arm_config(aug.b, "cpu", 0).resolved().drop_rate == 0.0
     assert experiments.arm_config(aug.a, "cpu", 0).resolved().drop_rate == 0.0
@@ -164,7 +164,7 @@ def test_comparison_verdicts_come_from_intervals():
     from densenet_repro import stats, table2
 
     def runs(errors):  # arm label -> errors over seeds
-        return {(arm, seed): _summary(e) for comp in experiments.COMPARISONS for arm in (comp.a, comp.b)
+        return {(arm, seed): _summary(e) for comp in paper.COMPARISONS for arm in (comp.a, comp.b)
                 for seed, e in enumerate(errors[arm.label])}
 
     # every claim true, by a margin far beyond the seed spread
