@@ -1,7 +1,7 @@
 """Command line: `python -m densenet_repro <command> [options]`.
 
-    train    train one model on one dataset (densenet_repro.train)
-    table2   every Table 2 cell of a budget (densenet_repro.experiments)
+    train    train one model on one dataset (densenet_repro.cli, the engine in densenet_repro.train)
+    table2   notebook 02's Table 2 runs of a budget (densenet_repro.cli, the plan in densenet_repro.experiments)
     bench    training/inference speed and memory benchmark (densenet_repro.bench)
     reports  execute the notebooks and render reports/ (densenet_repro.reports)
     gpu-check  what one short GPU slot measures: cuda tests, engine epochs, the headline run (densenet_repro.gpu_check)
@@ -15,8 +15,8 @@ import importlib
 import sys
 
 COMMANDS = {
-    "train": ("densenet_repro.train", "main"),
-    "table2": ("densenet_repro.experiments", "table2_main"),
+    "train": ("densenet_repro.cli", "train_main"),
+    "table2": ("densenet_repro.cli", "table2_main"),
     "bench": ("densenet_repro.bench", "main"),
     "reports": ("densenet_repro.reports", "main"),
     "gpu-check": ("densenet_repro.gpu_check", "main"),

@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from densenet_repro import fastpath, paper
-from densenet_repro.budgets import BUDGETS, check_budget, comparison_seeds
+from densenet_repro.budgets import check_budget, comparison_seeds
 from densenet_repro.paper import COMPARISONS, Arm
 from densenet_repro.data import SYNTHETIC_SIZE, get_spec
-from densenet_repro.errors import UserError
-from densenet_repro.train import (CIFAR_DENSENETS, OneLineParser, RunConfig, build_model, locate_run, read_metrics,
-                                  read_summary, train)
+from densenet_repro.train import (CIFAR_DENSENETS, RunConfig, build_model, locate_run, read_metrics, read_summary,
+                                  train)
 
 EXPERIMENT = "table2"
 COMPARISON_EXPERIMENT = "table2_comparisons"
@@ -334,42 +332,3 @@ def result_files(cells: list[dict[str, Any]]) -> list[str]:
 def comparison_files(runs: dict) -> list[str]:
     """The metrics/summary files behind the comparisons (for provenance.record)."""
     return [(Path(s["run_dir"]) / name).as_posix() for s in runs.values() for name in ("summary.json", "metrics.csv")]
-
-
-def table2_main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m densenet_repro table2",
-                      description="Run (or reuse) every Table 2 cell and comparison of a budget and print them.")
-    p.add_argument("--budget", choices=BUDGETS, default="cpu")
-    p.add_argument("--data-root", default=None, help="dataset folder (default: $DENSENET_DATA or ./data)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs")
-    p.add_argument("--results", default="results")
-    p.add_argument("--progress", choices=("auto", "bar", "line", "none"), default="auto")
-    p.add_argument("--list", action="store_true", help="only list the cells and what is scaled")
-    p.add_argument("--headline", action="store_true",
-                   help="cpu budget: train (or resume) the headline run, DenseNet L=40 on C10+ for 30 epochs "
-                        "(hours on a CPU); its checkpoint stays in results/table2/ to be committed")
-    args = p.parse_args(argv)
-    from densenet_repro import table2
-
-    if args.list:
-        print(scaling_table(args.budget).to_string(index=False))
-        for c in table2_cells(args.budget, seed=args.seed, data_root=args.data_root, device=args.device):
-            print(f"{c.model:20s} {c.dataset:6s} " + ("run" if c.config else c.reason))
-        return 0
-    if args.headline and args.budget != "cpu":
-        p.error("--headline belongs to the cpu budget (the paper budget trains every cell at 300 epochs)")
-    try:
-        cells = run_table2(args.budget, data_root=args.data_root, device=args.device, seed=args.seed,
-                           progress=args.progress, out=args.out, results=args.results, train_headline=args.headline)
-        runs = {} if args.headline else run_comparisons(args.budget, data_root=args.data_root, device=args.device,
-                                                        progress=args.progress, out=args.out, results=args.results)
-    except UserError as e:  # anything else is a bug: it keeps its traceback
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 1
-    print(table2.table2_matrix(cells, args.budget).to_string(index=False))
-    if runs:
-        print()
-        print(table2.comparisons_table(runs, args.budget).to_string(index=False))
-    return 0

@@ -27,12 +27,6 @@ Use:
 
 from __future__ import annotations
 
-import functools
-import json
-import statistics
-import warnings
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -58,47 +52,9 @@ def settings(device: str | torch.device, world: int = 1) -> dict[str, object]:
     raise ValueError(f"no fast path known for device {str(device)!r}: use 'cpu' or 'cuda'")
 
 
-def speed_cost() -> str:
-    """How much slower the plain blocks train than the fast ones on CPU, from the committed benchmark
-    (results/bench/bench_default.json: the fast path against the same precision and layout without
-    the fast blocks); a phrase without a number where that file is absent."""
-    from densenet_repro import provenance
-
-    root = provenance.repo_root()
-    path = (root or Path.cwd()) / "results" / "bench" / "bench_default.json"
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-        rows = {r["config"]: r for s in result["sections"] if s["name"] == "cifar" for r in s["results"]}
-        fast, plain = rows["fast_bf16_cl"]["train_img_s"], rows["ours_bf16_cl"]["train_img_s"]
-        median = statistics.median(a / b for a, b in zip(fast, plain))
-        return (f"about x{median:.1f} slower to train on CPU (DenseNet-BC-100, bf16 + channels_last, "
-                f"results/bench/{path.name})")
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
-        return "several times slower to train on CPU"
-
-
-@functools.lru_cache(maxsize=None)
-def fast_kernels_available() -> bool:
-    """Whether the fast blocks' C++ CPU kernels can be built (or are built) here.
-
-    False (with one warning per process, naming the speed cost) when there is no C++ compiler or the
-    build fails: callers then keep the plain blocks, which compute the same function.
-    """
-    from densenet_repro.models import fast_dense_cpu
-
-    try:
-        fast_dense_cpu.load()
-        return True
-    except RuntimeError as e:
-        reason = str(e).split(": ", 1)[-1].split(";")[0]
-        warnings.warn(f"densenet_repro: fast dense blocks unavailable ({reason}); using the plain blocks (the same "
-                      f"function), {speed_cost()}", RuntimeWarning, stacklevel=2)
-        return False
-
-
 def fast_blocks_supported(model: nn.Module, device: str | torch.device, distributed: bool = False) -> bool:
     """Whether `apply` would convert: a DenseNet, on CPU, without cross-process BatchNorm, with the
-    fast blocks' C++ kernels buildable here (fast_kernels_available; else one warning, and False).
+    fast blocks' C++ kernels buildable here (fast_dense_cpu.fast_kernels_available; else one warning, and False).
 
     The fast blocks compute each BatchNorm's batch statistics on this process's batch, so they do
     not replace synchronised BN in multi-process training.
@@ -108,6 +64,8 @@ def fast_blocks_supported(model: nn.Module, device: str | torch.device, distribu
     has_blocks = any(isinstance(m, _DenseBlock) for m in model.modules())
     if not (has_blocks and torch.device(device).type == "cpu" and not distributed):
         return False
+    from densenet_repro.models.fast_dense_cpu import fast_kernels_available
+
     return fast_kernels_available()
 
 

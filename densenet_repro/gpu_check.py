@@ -152,7 +152,7 @@ def headline_args(data_root: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from densenet_repro.train import OneLineParser
+    from densenet_repro.cli import OneLineParser
 
     p = OneLineParser(prog="python -m densenet_repro gpu-check", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default="data", help="folder with CIFAR-10 (official or cifar10-jpeg.tar.gz)")

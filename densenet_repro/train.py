@@ -1,4 +1,4 @@
-"""Training with the paper's recipe: `train(RunConfig(...)) -> summary dict`, and the `train` CLI.
+"""Training with the paper's recipe: `train(RunConfig(...)) -> summary dict` (its CLI is in cli.py).
 
     python -m densenet_repro train --model densenet_bc100_k12 --dataset c10+ [--epochs N]
         [--budget smoke|cpu|paper] [--out DIR] [--resume] [--amp bf16] [--channels-last] ...
@@ -26,7 +26,6 @@ BatchNorm below.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import dataclasses
@@ -49,7 +48,7 @@ import torch.nn.functional as F
 from densenet_repro import data as data_lib
 from densenet_repro.budgets import BUDGETS
 from densenet_repro.errors import (CheckpointError, ConfigError, OutputNotWritableError, ResultFileError,
-                                   RunExistsError, RunLockedError, TrainingDiverged, UserError)
+                                   RunExistsError, RunLockedError, TrainingDiverged)
 
 AMP_MODES = ("none", "bf16", "fp16")
 PROGRESS_MODES = ("auto", "bar", "line", "none")
@@ -1022,125 +1021,3 @@ def hardware(dev: torch.device) -> dict[str, Any]:
 
     return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "threads": torch.get_num_threads()}
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (with the valid values) and exits 2."""
-
-    def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
-
-
-def _json_dict(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"depth\": 22}}' ({e})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object such as '{\"depth\": 22}'")
-    return value
-
-
-def build_parser() -> OneLineParser:
-    from densenet_repro import list_models
-
-    p = OneLineParser(prog="python -m densenet_repro train",
-                      description="Train one model on one Table 2 dataset with the paper's recipe.")
-    p.add_argument("--model", required=True, choices=list_models(), metavar="MODEL",
-                   help="one of: " + ", ".join(list_models()))
-    p.add_argument("--dataset", required=True, choices=data_lib.DATASETS, help="Table 2 column")
-    p.add_argument("--budget", choices=BUDGETS, default="paper",
-                   help="paper (default): the model and recipe as named; cpu: scaled down as notebook 02 does; "
-                        "smoke: tiny, synthetic data")
-    p.add_argument("--epochs", type=positive_int, help="default: the budget's (paper: 300 CIFAR, 40 SVHN)")
-    p.add_argument("--batch-size", type=positive_int, help="global batch (paper: 64)")
-    p.add_argument("--lr", type=float, help="initial learning rate (paper: 0.1)")
-    p.add_argument("--drop-rate", type=float, help="dropout (paper: 0.2 without augmentation, else 0)")
-    p.add_argument("--model-kwargs", type=_json_dict, help="extra create_model arguments as JSON")
-    p.add_argument("--train-subset", type=positive_int, help="train on a class-balanced subset of this size")
-    p.add_argument("--test-subset", type=positive_int, help="test on a class-balanced subset of this size")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--amp", choices=AMP_MODES, help="mixed precision (default: the budget's; paper: none)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--memory-efficient", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--fast-blocks", action=argparse.BooleanOptionalAction, default=None,
-                   help="exact fast dense blocks (default: wherever supported, i.e. on CPU)")
-    p.add_argument("--deterministic", action="store_true")
-    p.add_argument("--no-sync-bn", action="store_true", help="DDP: per-process BatchNorm statistics")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
-    p.add_argument("--data-root", help="dataset folder (default: $DENSENET_DATA or ./data)")
-    p.add_argument("--data-source", choices=data_lib.SOURCES, help="default: the budget's (auto; smoke: synthetic)")
-    p.add_argument("--no-download", action="store_true", help="never download the official datasets")
-    p.add_argument("--experiment", default="train", help="runs are kept in OUT/EXPERIMENT/ (default: train)")
-    p.add_argument("--out", default="runs", help="root of run folders (default: runs)")
-    p.add_argument("--results", default="results", help="committed finished runs to reuse (default: results)")
-    p.add_argument("--resume", action="store_true", help="continue an unfinished run from its checkpoint")
-    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto")
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    from densenet_repro.experiments import budget_config
-
-    cfg = budget_config(args.model, args.dataset, args.budget, seed=args.seed, data_root=args.data_root,
-                        device=args.device, experiment=args.experiment)
-    overrides = {
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "drop_rate": args.drop_rate,
-        "train_subset": args.train_subset, "test_subset": args.test_subset, "amp": args.amp,
-        "channels_last": args.channels_last, "compile": args.compile, "memory_efficient": args.memory_efficient,
-        "fast_blocks": args.fast_blocks, "data_source": args.data_source, "num_threads": args.threads,
-    }
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    if args.model_kwargs:
-        cfg.model_kwargs = {**cfg.model_kwargs, **args.model_kwargs}
-    cfg.deterministic = cfg.deterministic or args.deterministic
-    cfg.sync_bn = not args.no_sync_bn
-    cfg.download = not args.no_download
-    cfg.out, cfg.results, cfg.resume, cfg.progress = args.out, args.results or None, args.resume, args.progress
-    if args.data_root and cfg.data_source == "synthetic":
-        raise ConfigError(f"--data-root is not read: this run trains on synthetic data (--budget {args.budget}); "
-                          "drop --data-root, or pass --data-source auto to train on the real dataset")
-    return cfg
-
-
-def _say_if_nothing_to_resume(config: RunConfig) -> None:
-    resolved = config.resolved()
-    _, h, done = locate_run(resolved)
-    folder = Path(config.out) / config.experiment / run_name(config, h)
-    if done is None and not (folder / CHECKPOINT).exists():
-        print(f"note: nothing to resume in {folder} (no checkpoint.pt): starting the run", file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args).validate()
-        if args.resume:
-            _say_if_nothing_to_resume(config)
-        summary = train(config)
-    except UserError as e:  # anything else is a bug in this package: it keeps its traceback
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 1
-    if summary.get("cached"):
-        print(f"finished run found in {summary['run_dir']} (not retrained)")
-    print(json.dumps({k: summary[k] for k in ("run_dir", "final_test_error_pct", "best_test_error_pct",
-                                              "reported_test_error_pct", "wall_time_s")}, indent=1))
-    return 0

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from densenet_repro import budgets, experiments, paper, train
+from densenet_repro import budgets, cli, experiments, paper
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _error_line(capsys, argv, main=train.main) -> str:
+def _error_line(capsys, argv, main=cli.train_main) -> str:
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
@@ -37,7 +37,7 @@ def test_train_bad_arguments(capsys, argv, expected):
 
 
 def test_table2_bad_budget(capsys):
-    assert "smoke" in _error_line(capsys, ["--budget", "gpu"], main=experiments.table2_main)
+    assert "smoke" in _error_line(capsys, ["--budget", "gpu"], main=cli.table2_main)
 
 
 def test_entry_point_exit_code_and_one_line():
@@ -50,25 +50,25 @@ def test_entry_point_exit_code_and_one_line():
 def test_train_smoke_end_to_end_then_cached(tmp_path, capsys):
     argv = ["--model", "densenet_bc100_k12", "--dataset", "c10+", "--budget", "smoke", "--out", str(tmp_path / "runs"),
             "--results", str(tmp_path / "results"), "--progress", "line", "--device", "cpu", "--epochs", "1"]
-    assert train.main(argv) == 0
+    assert cli.train_main(argv) == 0
     out = capsys.readouterr().out
     assert "epoch 1/1" in out and "final test error" in out
     summary = json.loads(out[out.index("{"):])
     assert Path(summary["run_dir"], "summary.json").is_file()
-    assert train.main(argv) == 0
+    assert cli.train_main(argv) == 0
     assert "finished run found" in capsys.readouterr().out
 
 
 def test_missing_data_is_one_clear_line(tmp_path, capsys):
     argv = ["--model", "densenet40_k12", "--dataset", "c100", "--data-root", str(tmp_path), "--no-download",
             "--out", str(tmp_path / "runs")]
-    assert train.main(argv) == 1
+    assert cli.train_main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "put the official files" in err
 
 
 def test_table2_list_shows_every_cell(capsys):
-    assert experiments.table2_main(["--budget", "cpu", "--list"]) == 0
+    assert cli.table2_main(["--budget", "cpu", "--list"]) == 0
     out = capsys.readouterr().out
     assert out.count("not run") == 27 - 1  # cpu budget: the headline cell only; the families are compared apart
     assert "all 50,000" in out and "30 (paper 300)" in out

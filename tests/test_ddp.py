@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from densenet_repro import cli
 from densenet_repro import train as T
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +39,7 @@ def test_two_processes_agree_with_one(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
-    assert T.main([*ARGS, "--out", str(tmp_path / "one")]) == 0
+    assert cli.train_main([*ARGS, "--out", str(tmp_path / "one")]) == 0
 
     m2, c2 = _checkpoint(tmp_path / "ddp")
     m1, c1 = _checkpoint(tmp_path / "one")

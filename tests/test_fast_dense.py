@@ -226,7 +226,7 @@ def test_no_compiler_falls_back_to_the_plain_blocks(monkeypatch):
 
     monkeypatch.setenv("CXX", "/nonexistent/c++")  # as on a machine without a compiler
     fast_dense_cpu.load.cache_clear()
-    fastpath.fast_kernels_available.cache_clear()
+    fast_dense_cpu.fast_kernels_available.cache_clear()
     try:
         assert fast_dense_cpu.compiler() is None
         with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
@@ -247,4 +247,4 @@ def test_no_compiler_falls_back_to_the_plain_blocks(monkeypatch):
     finally:
         monkeypatch.undo()
         fast_dense_cpu.load.cache_clear()
-        fastpath.fast_kernels_available.cache_clear()
+        fast_dense_cpu.fast_kernels_available.cache_clear()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from densenet_repro import gpu_check, train
+from densenet_repro import cli, gpu_check, train
 
 
 def test_without_a_gpu_it_says_so_in_one_line(capsys, monkeypatch):
@@ -34,6 +34,6 @@ def test_targets_are_computed_and_can_fail():
 
 def test_the_headline_phase_continues_the_committed_run():
     """The train arguments gpu-check passes give the same config hash as the committed run."""
-    args = train.build_parser().parse_args(gpu_check.headline_args("data"))
-    cfg = train.config_from_args(args).validate()
+    args = cli.build_train_parser().parse_args(gpu_check.headline_args("data"))
+    cfg = cli.config_from_args(args).validate()
     assert train.config_hash(cfg, "folder:cifar10-jpeg.tar.gz") == "4bd6f77af9"

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from densenet_repro import cli
 from densenet_repro import train as T
 from densenet_repro.errors import ConfigError, OutputNotWritableError, ResultFileError, RunLockedError
 
@@ -82,7 +83,7 @@ def test_the_engine_trains_on_the_gpu_it_picked(fake_gpus, monkeypatch, tmp_path
                 "reported_test_error_pct": 1.0, "wall_time_s": 0.0}
 
     monkeypatch.setattr(T, "_train", fake_train)
-    assert T.main([*SMOKE, "--device", "cuda", "--out", str(tmp_path / "runs"), "--results", ""]) == 0
+    assert cli.train_main([*SMOKE, "--device", "cuda", "--out", str(tmp_path / "runs"), "--results", ""]) == 0
     assert seen["dev"] == torch.device("cuda", 0) and fake_gpus == [torch.device("cuda", 0)]
 
 
@@ -92,7 +93,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
 
     monkeypatch.setattr(T, "_train", broken)
     with pytest.raises(RuntimeError, match="an internal error"):  # not turned into a one-line "error:"
-        T.main([*SMOKE, "--device", "cpu", "--out", str(tmp_path / "runs"), "--results", ""])
+        cli.train_main([*SMOKE, "--device", "cpu", "--out", str(tmp_path / "runs"), "--results", ""])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,9 +158,9 @@ def test_divergence_advice_fits_the_precision():
 def test_resume_with_nothing_to_resume_says_so(tmp_path, capsys):
     argv = [*SMOKE, "--model-kwargs", '{"depth": 10}', "--train-subset", "128", "--test-subset", "64", "--threads", "1",
             "--device", "cpu", "--out", str(tmp_path / "runs"), "--results", ""]
-    assert T.main([*argv, "--resume"]) == 0
+    assert cli.train_main([*argv, "--resume"]) == 0
     assert "nothing to resume" in capsys.readouterr().err
-    assert T.main([*argv, "--resume"]) == 0  # finished now: nothing to say
+    assert cli.train_main([*argv, "--resume"]) == 0  # finished now: nothing to say
     assert "nothing to resume" not in capsys.readouterr().err
 
 
@@ -232,7 +233,7 @@ def test_a_damaged_summary_is_reported_and_never_used(tmp_path, capsys, content,
     if where == "out":  # and as a user sees it
         argv = [*SMOKE, "--model-kwargs", '{"depth": 10}', "--train-subset", "128", "--test-subset", "64",
                 "--threads", "1", "--device", "cpu", "--out", cfg.out, "--results", cfg.results]
-        assert T.main(argv) == 1
+        assert cli.train_main(argv) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is damaged" in err
 

@@ -494,15 +494,15 @@ def convert(model: nn.Module, fast: bool = True, kernels: str = "auto") -> nn.Mo
     Returns the model. Parameters, buffers and state_dict keys are untouched; the plain and the fast
     block compute the same function (tests/test_fast_dense.py), so checkpoints load either way.
     With kernels="auto" on a CPU model where the C++ kernels cannot be built (no compiler), the
-    model keeps its plain blocks and one warning says so (fastpath.fast_kernels_available);
+    model keeps its plain blocks and one warning says so (fast_dense_cpu.fast_kernels_available);
     check with `is_fast(model)`.
     """
     if kernels not in KERNELS:
         raise ValueError(f"unknown kernels {kernels!r}: use one of {', '.join(KERNELS)}")
     if fast and kernels == "auto" and all(p.device.type == "cpu" for p in model.parameters()):
-        from densenet_repro import fastpath
+        from densenet_repro.models.fast_dense_cpu import fast_kernels_available
 
-        if any(isinstance(m, _DenseBlock) for m in model.modules()) and not fastpath.fast_kernels_available():
+        if any(isinstance(m, _DenseBlock) for m in model.modules()) and not fast_kernels_available():
             return model
     found = 0
     for module in model.modules():

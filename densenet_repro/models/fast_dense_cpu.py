@@ -23,15 +23,19 @@ auto-vectorised scalar loops. Parallel over rows with ATen's thread pool (torch.
 The extension is built with torch.utils.cpp_extension.load_inline (about 20 s once, then cached by
 torch in ~/.cache/torch_extensions or $TORCH_EXTENSIONS_DIR); `load()` raises a one-line error when
 it cannot be built, at once when there is no C++ compiler (`$CXX`, else `c++`, as torch looks it up).
-Callers that can do without the kernels ask `fastpath.fast_kernels_available()` first, which falls
+Callers that can do without the kernels ask `fast_kernels_available()` (below) first, which falls
 back to the plain blocks with a one-line warning.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
+import statistics
+import warnings
+from pathlib import Path
 
 CPP_SOURCE = r"""
 #include <torch/extension.h>
@@ -414,3 +418,36 @@ def load():
                            f"compiler (g++) and ninja, or pass fast=False / kernels='torch'") from e
     finally:
         quiet.setLevel(level)
+
+
+def speed_cost() -> str:
+    """How much slower the plain blocks train than the fast ones on CPU, from the committed benchmark
+    (results/bench/bench_default.json: the fast path against the same precision and layout without
+    the fast blocks); a phrase without a number where that file is absent."""
+    path = Path(__file__).resolve().parents[2] / "results" / "bench" / "bench_default.json"
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        rows = {r["config"]: r for s in result["sections"] if s["name"] == "cifar" for r in s["results"]}
+        fast, plain = rows["fast_bf16_cl"]["train_img_s"], rows["ours_bf16_cl"]["train_img_s"]
+        median = statistics.median(a / b for a, b in zip(fast, plain))
+        return (f"about x{median:.1f} slower to train on CPU (DenseNet-BC-100, bf16 + channels_last, "
+                f"results/bench/{path.name})")
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return "several times slower to train on CPU"
+
+
+@functools.lru_cache(maxsize=None)
+def fast_kernels_available() -> bool:
+    """Whether the fast blocks' C++ CPU kernels can be built (or are built) here.
+
+    False (with one warning per process, naming the speed cost) when there is no C++ compiler or the
+    build fails: callers then keep the plain blocks, which compute the same function.
+    """
+    try:
+        load()
+        return True
+    except RuntimeError as e:
+        reason = str(e).split(": ", 1)[-1].split(";")[0]
+        warnings.warn(f"densenet_repro: fast dense blocks unavailable ({reason}); using the plain blocks (the same "
+                      f"function), {speed_cost()}", RuntimeWarning, stacklevel=2)
+        return False

@@ -1,0 +1,175 @@
+"""The command line: `python -m densenet_repro train|table2 ...`, one parser class for every command.
+
+Bad arguments get one line and exit code 2; a UserError (densenet_repro.errors) one line and exit
+code 1; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from densenet_repro import data as data_lib
+from densenet_repro.budgets import BUDGETS
+from densenet_repro.errors import ConfigError, UserError
+from densenet_repro.experiments import budget_config, run_comparisons, run_table2, scaling_table, table2_cells
+from densenet_repro.train import AMP_MODES, CHECKPOINT, PROGRESS_MODES, RunConfig, locate_run, run_name, train
+
+
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (with the valid values) and exits 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"depth\": 22}}' ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object such as '{\"depth\": 22}'")
+    return value
+
+
+def build_train_parser() -> OneLineParser:
+    from densenet_repro import list_models
+
+    p = OneLineParser(prog="python -m densenet_repro train",
+                      description="Train one model on one Table 2 dataset with the paper's recipe.")
+    p.add_argument("--model", required=True, choices=list_models(), metavar="MODEL",
+                   help="one of: " + ", ".join(list_models()))
+    p.add_argument("--dataset", required=True, choices=data_lib.DATASETS, help="Table 2 column")
+    p.add_argument("--budget", choices=BUDGETS, default="paper",
+                   help="paper (default): the model and recipe as named; cpu: scaled down as notebook 02 does; "
+                        "smoke: tiny, synthetic data")
+    p.add_argument("--epochs", type=positive_int, help="default: the budget's (paper: 300 CIFAR, 40 SVHN)")
+    p.add_argument("--batch-size", type=positive_int, help="global batch (paper: 64)")
+    p.add_argument("--lr", type=float, help="initial learning rate (paper: 0.1)")
+    p.add_argument("--drop-rate", type=float, help="dropout (paper: 0.2 without augmentation, else 0)")
+    p.add_argument("--model-kwargs", type=json_dict, help="extra create_model arguments as JSON")
+    p.add_argument("--train-subset", type=positive_int, help="train on a class-balanced subset of this size")
+    p.add_argument("--test-subset", type=positive_int, help="test on a class-balanced subset of this size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", choices=AMP_MODES, help="mixed precision (default: the budget's; paper: none)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--memory-efficient", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--fast-blocks", action=argparse.BooleanOptionalAction, default=None,
+                   help="exact fast dense blocks (default: wherever supported, i.e. on CPU)")
+    p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--no-sync-bn", action="store_true", help="DDP: per-process BatchNorm statistics")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    p.add_argument("--data-root", help="dataset folder (default: $DENSENET_DATA or ./data)")
+    p.add_argument("--data-source", choices=data_lib.SOURCES, help="default: the budget's (auto; smoke: synthetic)")
+    p.add_argument("--no-download", action="store_true", help="never download the official datasets")
+    p.add_argument("--experiment", default="train", help="runs are kept in OUT/EXPERIMENT/ (default: train)")
+    p.add_argument("--out", default="runs", help="root of run folders (default: runs)")
+    p.add_argument("--results", default="results", help="committed finished runs to reuse (default: results)")
+    p.add_argument("--resume", action="store_true", help="continue an unfinished run from its checkpoint")
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    cfg = budget_config(args.model, args.dataset, args.budget, seed=args.seed, data_root=args.data_root,
+                        device=args.device, experiment=args.experiment)
+    overrides = {
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "drop_rate": args.drop_rate,
+        "train_subset": args.train_subset, "test_subset": args.test_subset, "amp": args.amp,
+        "channels_last": args.channels_last, "compile": args.compile, "memory_efficient": args.memory_efficient,
+        "fast_blocks": args.fast_blocks, "data_source": args.data_source, "num_threads": args.threads,
+    }
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if args.model_kwargs:
+        cfg.model_kwargs = {**cfg.model_kwargs, **args.model_kwargs}
+    cfg.deterministic = cfg.deterministic or args.deterministic
+    cfg.sync_bn = not args.no_sync_bn
+    cfg.download = not args.no_download
+    cfg.out, cfg.results, cfg.resume, cfg.progress = args.out, args.results or None, args.resume, args.progress
+    if args.data_root and cfg.data_source == "synthetic":
+        raise ConfigError(f"--data-root is not read: this run trains on synthetic data (--budget {args.budget}); "
+                          "drop --data-root, or pass --data-source auto to train on the real dataset")
+    return cfg
+
+
+def _say_if_nothing_to_resume(config: RunConfig) -> None:
+    resolved = config.resolved()
+    _, h, done = locate_run(resolved)
+    folder = Path(config.out) / config.experiment / run_name(config, h)
+    if done is None and not (folder / CHECKPOINT).exists():
+        print(f"note: nothing to resume in {folder} (no checkpoint.pt): starting the run", file=sys.stderr)
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args).validate()
+        if args.resume:
+            _say_if_nothing_to_resume(config)
+        summary = train(config)
+    except UserError as e:  # anything else is a bug in this package: it keeps its traceback
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
+    if summary.get("cached"):
+        print(f"finished run found in {summary['run_dir']} (not retrained)")
+    print(json.dumps({k: summary[k] for k in ("run_dir", "final_test_error_pct", "best_test_error_pct",
+                                              "reported_test_error_pct", "wall_time_s")}, indent=1))
+    return 0
+
+
+def table2_main(argv: list[str] | None = None) -> int:
+    p = OneLineParser(prog="python -m densenet_repro table2",
+                      description="Run (or reuse) every Table 2 cell and comparison of a budget and print them.")
+    p.add_argument("--budget", choices=BUDGETS, default="cpu")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: $DENSENET_DATA or ./data)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs")
+    p.add_argument("--results", default="results")
+    p.add_argument("--progress", choices=("auto", "bar", "line", "none"), default="auto")
+    p.add_argument("--list", action="store_true", help="only list the cells and what is scaled")
+    p.add_argument("--headline", action="store_true",
+                   help="cpu budget: train (or resume) the headline run, DenseNet L=40 on C10+ for 30 epochs "
+                        "(hours on a CPU); its checkpoint stays in results/table2/ to be committed")
+    args = p.parse_args(argv)
+    from densenet_repro import table2
+
+    if args.list:
+        print(scaling_table(args.budget).to_string(index=False))
+        for c in table2_cells(args.budget, seed=args.seed, data_root=args.data_root, device=args.device):
+            print(f"{c.model:20s} {c.dataset:6s} " + ("run" if c.config else c.reason))
+        return 0
+    if args.headline and args.budget != "cpu":
+        p.error("--headline belongs to the cpu budget (the paper budget trains every cell at 300 epochs)")
+    try:
+        cells = run_table2(args.budget, data_root=args.data_root, device=args.device, seed=args.seed,
+                           progress=args.progress, out=args.out, results=args.results, train_headline=args.headline)
+        runs = {} if args.headline else run_comparisons(args.budget, data_root=args.data_root, device=args.device,
+                                                        progress=args.progress, out=args.out, results=args.results)
+    except UserError as e:  # anything else is a bug: it keeps its traceback
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 1
+    print(table2.table2_matrix(cells, args.budget).to_string(index=False))
+    if runs:
+        print()
+        print(table2.comparisons_table(runs, args.budget).to_string(index=False))
+    return 0
