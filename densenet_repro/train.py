@@ -244,6 +244,7 @@ def _use_fast_blocks(config: RunConfig, model: nn.Module, dev: torch.device, dis
     """Switch the model's dense blocks to the fast exact implementation if asked or supported."""
     from densenet_repro import fastpath
     from densenet_repro.models import fast_dense
+    from densenet_repro.models.densenet import _DenseBlock
 
     if config.fast_blocks is None:  # auto: the device's fast path, unless the plain recompute path was asked for
         auto = config.amp != "fp16" and not config.memory_efficient and fastpath.settings(dev)["fast_blocks"]
@@ -256,8 +257,11 @@ def _use_fast_blocks(config: RunConfig, model: nn.Module, dev: torch.device, dis
                          "synchronised BatchNorm (or --no-sync-bn)")
     elif config.amp == "fp16":
         raise ConfigError("fast_blocks support fp32 and bf16 only: use --amp bf16 or --no-fast-blocks")
-    elif not fastpath.fast_blocks_supported(model, "cpu"):
+    elif not any(isinstance(m, _DenseBlock) for m in model.modules()):
         raise ConfigError(f"{config.model} has no dense blocks to make fast: drop --fast-blocks")
+    elif not fastpath.fast_blocks_supported(model, "cpu"):
+        raise ConfigError("--fast-blocks needs a C++ compiler to build the fast kernels: install g++, or pass "
+                          "--no-fast-blocks (the same function, slower)")
     fast_dense.convert(model)
     return True
 
