@@ -423,7 +423,11 @@ def read_summary(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def find_finished(config: RunConfig, h: str) -> Path | None:
-    """The folder of a finished run with this config hash: in `out`, else in the committed `results`."""
+    """The folder of a finished run with this config hash: in the committed `results`, else in `out`.
+
+    The committed copy comes first, so that a report cites files that a clone has (`out` is not
+    committed; its copy of a published run is the same run).
+    """
     name = run_name(config, h)
     for root in _run_roots(config):
         folder = root / config.experiment / name
@@ -434,7 +438,7 @@ def find_finished(config: RunConfig, h: str) -> Path | None:
 
 
 def _run_roots(config: RunConfig) -> list[Path]:
-    return [Path(config.out)] + ([Path(config.results)] if config.results else [])
+    return ([Path(config.results)] if config.results else []) + [Path(config.out)]
 
 
 def _known_source_ids(config: RunConfig) -> list[str]:

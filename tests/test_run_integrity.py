@@ -284,6 +284,18 @@ def test_a_committed_run_is_found_without_its_dataset(tmp_path):
         T.train(other_recipe)
 
 
+def test_a_published_run_is_read_from_results_not_from_the_uncommitted_out(tmp_path):
+    """Reports cite the files they read; runs/ is not committed, so the copy in results/ must win."""
+    from densenet_repro.experiments import publish
+
+    cfg = tiny(tmp_path)
+    made = T.train(cfg)
+    published = publish(made, cfg.results)
+    assert Path(made["run_dir"]).is_dir()  # both copies exist, as on the machine that trained
+    _, _, done = T.locate_run(cfg.validate().resolved())
+    assert done == published
+
+
 def _image_folder_tar(path: Path) -> None:
     """A tiny image-folder copy of CIFAR-10's layout: 2 training and 1 test image per class."""
     from PIL import Image
