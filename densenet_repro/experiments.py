@@ -30,8 +30,10 @@ from densenet_repro import fastpath, paper
 from densenet_repro.budgets import check_budget, comparison_seeds
 from densenet_repro.paper import COMPARISONS, Arm
 from densenet_repro.data import SYNTHETIC_SIZE, get_spec
-from densenet_repro.train import (CIFAR_DENSENETS, RunConfig, build_model, locate_run, read_metrics, read_summary,
+from densenet_repro.train import (WEIGHTS, RunConfig, build_model, locate_run, read_metrics, read_summary,
                                   train)
+
+CIFAR_DENSENET_MODELS = tuple(r.model for r in paper.DENSENET_ROWS)  # scaled by depth at reduced budgets
 
 EXPERIMENT = "table2"
 COMPARISON_EXPERIMENT = "table2_comparisons"
@@ -105,8 +107,8 @@ def budget_config(model: str, dataset: str, budget: str, *, seed: int = 0, data_
         scale = Scale()
     else:  # another model at a reduced budget: the schedule and data of its family's row
         scale = rows["densenet_bc100_k12" if model.startswith("densenet_bc") else "densenet40_k12"]
-        if model not in CIFAR_DENSENETS:
-            scale = dataclasses.replace(scale, depth=None)  # only the CIFAR DenseNets are rescaled
+        if model not in CIFAR_DENSENET_MODELS:
+            scale = dataclasses.replace(scale, depth=None)  # only Table 2's DenseNets are rescaled
     kwargs = {"depth": scale.depth} if scale.depth is not None else {}
     return RunConfig(model=model, dataset=dataset, model_kwargs=kwargs, epochs=scale.epochs, drop_rate=drop_rate,
                      train_subset=SYNTHETIC_SIZE[0] if budget == "smoke" else None,
@@ -257,14 +259,14 @@ def run_comparisons(budget: str, *, data_root: str | None = None, device: str = 
 SMALL_FILES = ("config.json", "metrics.csv", "summary.json")
 
 
-def publish(summary: dict[str, Any], results_root: str = "results") -> Path:
-    """Copy a finished run's small files (not the checkpoint) to results/<experiment>/<run>/."""
+def publish(summary: dict[str, Any], results_root: str = "results", weights: bool = False) -> Path:
+    """Copy a finished run's small files to results/<experiment>/<run>/, and its weights if asked."""
     src = Path(summary["run_dir"])
     dst = Path(results_root) / summary["experiment"] / src.name
     if src.resolve() == dst.resolve():
         return dst
     dst.mkdir(parents=True, exist_ok=True)
-    for name in SMALL_FILES:
+    for name in SMALL_FILES + ((WEIGHTS,) if weights else ()):
         shutil.copy2(src / name, dst / name)
     return dst
 

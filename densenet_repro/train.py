@@ -208,25 +208,13 @@ def lr_at(config: RunConfig, epoch: int) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-# The CIFAR/SVHN DenseNets of Table 2 by family: growth rate k, bottleneck (B), compression (C).
-# Reduced budgets build a family at another depth L: model_kwargs={"depth": L}.
-CIFAR_DENSENETS: dict[str, dict[str, Any]] = {
-    "densenet40_k12": dict(growth_rate=12),
-    "densenet100_k12": dict(growth_rate=12),
-    "densenet100_k24": dict(growth_rate=24),
-    "densenet_bc100_k12": dict(growth_rate=12, bottleneck=True, compression=0.5),
-    "densenet_bc250_k24": dict(growth_rate=24, bottleneck=True, compression=0.5),
-    "densenet_bc190_k40": dict(growth_rate=40, bottleneck=True, compression=0.5),
-}
-
-
 def build_model(config: RunConfig, num_classes: int) -> nn.Module:
     """The model of a run: create_model with the run's dropout, memory mode and extra kwargs.
 
     This is the one place where a run's model is made (the performance knobs act here and in
     the step of `_train`).
     """
-    from densenet_repro import DenseNet, create_model
+    from densenet_repro import create_model
 
     kwargs = dict(config.model_kwargs)
     drop = config.resolved().drop_rate
@@ -234,9 +222,6 @@ def build_model(config: RunConfig, num_classes: int) -> nn.Module:
         kwargs["drop_rate"] = drop
     if config.memory_efficient:
         kwargs["memory_efficient"] = True
-    if "depth" in kwargs and config.model in CIFAR_DENSENETS:
-        # The named factories fix L; a scaled model is the same family at another depth.
-        return DenseNet(num_classes=num_classes, **CIFAR_DENSENETS[config.model], **kwargs)
     return create_model(config.model, num_classes=num_classes, **kwargs)
 
 

@@ -9,7 +9,7 @@ import torchvision
 
 import densenet_repro
 from densenet_repro import DenseNet, create_model, list_models
-from densenet_repro.models.registry import CIFAR_MODELS, IMAGENET_MODELS, PAPER_PARAMS
+from densenet_repro.models.registry import FAMILY_MODELS, CIFAR_MODELS, IMAGENET_MODELS, PAPER_PARAMS
 
 # Exact counts of torchvision's ImageNet DenseNets (densenet-facts.md).
 TORCHVISION_PARAMS = {"densenet121": 7_978_856, "densenet161": 28_681_000,
@@ -28,7 +28,35 @@ def small_input(name: str) -> torch.Tensor:
 
 
 def test_registry_covers_every_table2_and_imagenet_name():
-    assert set(list_models()) == set(CIFAR_MODELS) | set(IMAGENET_MODELS)
+    assert set(list_models()) == set(CIFAR_MODELS) | set(IMAGENET_MODELS) | set(FAMILY_MODELS)
+
+
+def test_families_build_table2_rows_at_the_papers_depth_and_scale_by_depth():
+    same = [("densenet40_k12", "densenet", dict(depth=40, growth_rate=12)),
+            ("densenet_bc100_k12", "densenet_bc", dict(depth=100, growth_rate=12)),
+            ("preact_resnet164", "preact_resnet", dict(depth=164)),
+            ("resnet110", "resnet", dict(depth=110))]
+    for name, family, kw in same:
+        assert n_params(create_model(name)) == n_params(create_model(family, **kw)), name
+    assert n_params(create_model("densenet40_k12", depth=10)) == n_params(create_model("densenet", depth=10)) == 37_762
+    # B adds the 1x1 bottleneck, C halves the transitions: at equal (L, k) the counts order as the paper's
+    counts = {v: n_params(create_model(v, depth=16, growth_rate=12)) for v in ("densenet", "densenet_c")}
+    assert counts["densenet_c"] < counts["densenet"]
+    with pytest.raises(ValueError, match="6n\\+4"):
+        create_model("densenet_b", depth=13)
+
+
+def test_the_plain_cnn_is_resnet_without_its_shortcuts():
+    torch.manual_seed(0)
+    plain, res = create_model("plain_cnn", depth=8), create_model("resnet", depth=8)
+    assert n_params(plain) == n_params(res)  # option-A shortcuts have no parameters
+    res.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    assert not torch.allclose(plain.eval()(x), res.eval()(x))
+    from densenet_repro.models.resnet import CifarResNet
+
+    with pytest.raises(ValueError, match="basic blocks"):
+        CifarResNet(11, preact_bottleneck=True, residual=False)
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -247,41 +247,73 @@ class DenseNet(nn.Module):
         return self.classifier(out)  # (N, num_classes)
 
 
-# --- Named factories: the DenseNet rows of Table 2 (CIFAR/SVHN) and the ImageNet nets ---------
+# --- Factories ----------------------------------------------------------------------------------
+# The four CIFAR/SVHN families by name, for any depth L and growth rate k (Figure 4 sweeps them),
+# then the rows of Table 2: a family at the paper's (L, k). A Table 2 factory takes `depth` too, so
+# a scaled-down run builds the same family at another depth.
 
-def densenet40_k12(num_classes: int = 10, **kwargs) -> DenseNet:
-    """DenseNet (L=40, k=12), Table 2: 1.0M parameters."""
-    return DenseNet(depth=40, growth_rate=12, num_classes=num_classes, **kwargs)
-
-
-def densenet100_k12(num_classes: int = 10, **kwargs) -> DenseNet:
-    """DenseNet (L=100, k=12), Table 2: 7.0M parameters."""
-    return DenseNet(depth=100, growth_rate=12, num_classes=num_classes, **kwargs)
-
-
-def densenet100_k24(num_classes: int = 10, **kwargs) -> DenseNet:
-    """DenseNet (L=100, k=24), Table 2: 27.2M parameters."""
-    return DenseNet(depth=100, growth_rate=24, num_classes=num_classes, **kwargs)
+VARIANTS = {  # family name -> (bottleneck, compression)
+    "densenet": (False, 1.0),
+    "densenet_b": (True, 1.0),
+    "densenet_c": (False, 0.5),
+    "densenet_bc": (True, 0.5),
+}
 
 
-def _bc(depth: int, k: int, num_classes: int, **kwargs) -> DenseNet:
-    return DenseNet(depth=depth, growth_rate=k, bottleneck=True, compression=0.5,
+def _family(variant: str, depth: int, growth_rate: int, num_classes: int, **kwargs) -> DenseNet:
+    bottleneck, compression = VARIANTS[variant]
+    return DenseNet(depth=depth, growth_rate=growth_rate, bottleneck=bottleneck, compression=compression,
                     num_classes=num_classes, **kwargs)
 
 
-def densenet_bc100_k12(num_classes: int = 10, **kwargs) -> DenseNet:
+def densenet(depth: int = 40, growth_rate: int = 12, num_classes: int = 10, **kwargs) -> DenseNet:
+    """DenseNet: L = 3n + 4, every dense layer one 3x3 conv."""
+    return _family("densenet", depth, growth_rate, num_classes, **kwargs)
+
+
+def densenet_b(depth: int = 100, growth_rate: int = 12, num_classes: int = 10, **kwargs) -> DenseNet:
+    """DenseNet-B: L = 6n + 4, a 1x1 bottleneck to 4k maps before each 3x3 conv."""
+    return _family("densenet_b", depth, growth_rate, num_classes, **kwargs)
+
+
+def densenet_c(depth: int = 40, growth_rate: int = 12, num_classes: int = 10, **kwargs) -> DenseNet:
+    """DenseNet-C: L = 3n + 4, transitions compress to floor(0.5 m) maps."""
+    return _family("densenet_c", depth, growth_rate, num_classes, **kwargs)
+
+
+def densenet_bc(depth: int = 100, growth_rate: int = 12, num_classes: int = 10, **kwargs) -> DenseNet:
+    """DenseNet-BC: L = 6n + 4, bottleneck and compression 0.5."""
+    return _family("densenet_bc", depth, growth_rate, num_classes, **kwargs)
+
+
+def densenet40_k12(num_classes: int = 10, depth: int = 40, **kwargs) -> DenseNet:
+    """DenseNet (L=40, k=12), Table 2: 1.0M parameters."""
+    return densenet(depth, 12, num_classes, **kwargs)
+
+
+def densenet100_k12(num_classes: int = 10, depth: int = 100, **kwargs) -> DenseNet:
+    """DenseNet (L=100, k=12), Table 2: 7.0M parameters."""
+    return densenet(depth, 12, num_classes, **kwargs)
+
+
+def densenet100_k24(num_classes: int = 10, depth: int = 100, **kwargs) -> DenseNet:
+    """DenseNet (L=100, k=24), Table 2: 27.2M parameters."""
+    return densenet(depth, 24, num_classes, **kwargs)
+
+
+def densenet_bc100_k12(num_classes: int = 10, depth: int = 100, **kwargs) -> DenseNet:
     """DenseNet-BC (L=100, k=12), Table 2: 0.8M parameters."""
-    return _bc(100, 12, num_classes, **kwargs)
+    return densenet_bc(depth, 12, num_classes, **kwargs)
 
 
-def densenet_bc250_k24(num_classes: int = 10, **kwargs) -> DenseNet:
+def densenet_bc250_k24(num_classes: int = 10, depth: int = 250, **kwargs) -> DenseNet:
     """DenseNet-BC (L=250, k=24), Table 2: 15.3M parameters."""
-    return _bc(250, 24, num_classes, **kwargs)
+    return densenet_bc(depth, 24, num_classes, **kwargs)
 
 
-def densenet_bc190_k40(num_classes: int = 10, **kwargs) -> DenseNet:
+def densenet_bc190_k40(num_classes: int = 10, depth: int = 190, **kwargs) -> DenseNet:
     """DenseNet-BC (L=190, k=40), Table 2: 25.6M parameters."""
-    return _bc(190, 40, num_classes, **kwargs)
+    return densenet_bc(depth, 40, num_classes, **kwargs)
 
 
 def _imagenet(block_config: tuple[int, ...], k: int, num_classes: int, **kwargs) -> DenseNet:

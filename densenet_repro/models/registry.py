@@ -26,6 +26,14 @@ _FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "resnet110": resnet.resnet110,
     "preact_resnet164": resnet.preact_resnet164,
     "preact_resnet1001": resnet.preact_resnet1001,
+    # Families at any depth (and growth rate): Figure 4's sweeps and the baselines of section 4
+    "densenet": densenet.densenet,
+    "densenet_b": densenet.densenet_b,
+    "densenet_c": densenet.densenet_c,
+    "densenet_bc": densenet.densenet_bc,
+    "resnet": resnet.resnet,
+    "preact_resnet": resnet.preact_resnet,
+    "plain_cnn": resnet.plain_cnn,
 }
 
 # Parameter counts as printed in the paper's Table 2 (10 classes), quoted, for comparison with
@@ -43,6 +51,7 @@ PAPER_PARAMS: dict[str, str] = {
 }
 
 CIFAR_MODELS = tuple(PAPER_PARAMS)
+FAMILY_MODELS = ("densenet", "densenet_b", "densenet_c", "densenet_bc", "resnet", "preact_resnet", "plain_cnn")
 IMAGENET_MODELS = ("densenet121", "densenet161", "densenet169", "densenet201", "densenet264")
 
 

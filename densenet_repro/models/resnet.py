@@ -9,6 +9,9 @@
   pre-activated input as in the authors' code (fb.resnet.torch). Table 2: 1.7M and 10.2M.
   Our -1001 has 10.3M: the standard architecture, not bent to the rounded count.
 
+- Plain CNN: ResNet-110's layers without the shortcuts (He et al., 2016a, call it "plain"), the
+  baseline with neither short nor dense paths for the implicit-deep-supervision measurements.
+
 Depth counts conv and FC layers: 6n+2 for basic blocks, 9n+2 for bottleneck blocks.
 """
 
@@ -21,13 +24,13 @@ from torch import Tensor
 
 from densenet_repro.models.densenet import official_init
 
-STAGE_WIDTHS = (16, 32, 64)  # maps of the 3x3 convs in each stage, as in both ResNet papers
+WIDTH = 16  # maps of the stem and of the first stage's 3x3 convs (x2, x4 in stages 2, 3), as in both ResNet papers
 
 
 class _BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN, + shortcut, then ReLU (post-activation)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int, residual: bool = True) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -35,6 +38,7 @@ class _BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.stride = stride
         self.pad_channels = planes - in_planes
+        self.residual = residual
 
     def shortcut(self, x: Tensor) -> Tensor:
         # Option A: identity, subsampled and zero-padded when the shape changes (no parameters).
@@ -47,7 +51,7 @@ class _BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x), inplace=True)
+        return F.relu(out + self.shortcut(x) if self.residual else out, inplace=True)
 
 
 class _PreActBottleneck(nn.Module):
@@ -85,28 +89,36 @@ class CifarResNet(nn.Module):
         depth: conv + FC layers; 6n+2 (basic, post-activation) or 9n+2 (pre-activation bottleneck).
         preact_bottleneck: False for ResNet-110 style, True for pre-activation ResNet-164/1001.
         num_classes: outputs of the classifier.
+        residual: False drops the shortcuts of the basic blocks (the plain CNN).
+        width: maps of the stem and first stage (the papers' 16); reduced budgets narrow the nets.
     """
 
-    def __init__(self, depth: int, preact_bottleneck: bool, num_classes: int = 10) -> None:
+    def __init__(self, depth: int, preact_bottleneck: bool, num_classes: int = 10, residual: bool = True,
+                 width: int = WIDTH) -> None:
         super().__init__()
         per_layer = 9 if preact_bottleneck else 6
         n, rest = divmod(depth - 2, per_layer)
         if rest or n < 1:
             kind = "9n+2 for pre-activation bottleneck" if preact_bottleneck else "6n+2 for basic"
             raise ValueError(f"ResNet depth {depth} is not {kind} blocks")
+        if not residual and preact_bottleneck:
+            raise ValueError("the plain CNN (residual=False) is built from basic blocks: use preact_bottleneck=False")
         block = _PreActBottleneck if preact_bottleneck else _BasicBlock
         expansion = getattr(block, "expansion", 1)
         self.preact = preact_bottleneck
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be an integer >= 1, got {width!r}")
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
         if not preact_bottleneck:
-            self.bn1 = nn.BatchNorm2d(16)
-        in_planes = 16
+            self.bn1 = nn.BatchNorm2d(width)
+        in_planes = width
         stages = []
-        for i, planes in enumerate(STAGE_WIDTHS):
+        for i, planes in enumerate((width, 2 * width, 4 * width)):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(block(in_planes, planes, stride))
+                blocks.append(block(in_planes, planes, stride, residual) if not preact_bottleneck
+                              else block(in_planes, planes, stride))
                 in_planes = planes * expansion
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
@@ -126,16 +138,31 @@ class CifarResNet(nn.Module):
         return self.fc(out)
 
 
-def resnet110(num_classes: int = 10, **kwargs) -> CifarResNet:
+def resnet(depth: int = 110, num_classes: int = 10, **kwargs) -> CifarResNet:
+    """ResNet with basic blocks, L = 6n + 2 (He et al. 2016a)."""
+    return CifarResNet(depth, preact_bottleneck=False, num_classes=num_classes, **kwargs)
+
+
+def preact_resnet(depth: int = 164, num_classes: int = 10, **kwargs) -> CifarResNet:
+    """Pre-activation ResNet with bottleneck blocks, L = 9n + 2 (He et al. 2016b)."""
+    return CifarResNet(depth, preact_bottleneck=True, num_classes=num_classes, **kwargs)
+
+
+def plain_cnn(depth: int = 20, num_classes: int = 10, **kwargs) -> CifarResNet:
+    """ResNet's basic-block layers without shortcuts, L = 6n + 2."""
+    return CifarResNet(depth, preact_bottleneck=False, num_classes=num_classes, residual=False, **kwargs)
+
+
+def resnet110(num_classes: int = 10, depth: int = 110, **kwargs) -> CifarResNet:
     """ResNet-110 (He et al. 2016a), Table 2: 1.7M parameters."""
-    return CifarResNet(110, preact_bottleneck=False, num_classes=num_classes, **kwargs)
+    return resnet(depth, num_classes, **kwargs)
 
 
-def preact_resnet164(num_classes: int = 10, **kwargs) -> CifarResNet:
+def preact_resnet164(num_classes: int = 10, depth: int = 164, **kwargs) -> CifarResNet:
     """Pre-activation ResNet-164 (He et al. 2016b), Table 2: 1.7M parameters."""
-    return CifarResNet(164, preact_bottleneck=True, num_classes=num_classes, **kwargs)
+    return preact_resnet(depth, num_classes, **kwargs)
 
 
-def preact_resnet1001(num_classes: int = 10, **kwargs) -> CifarResNet:
+def preact_resnet1001(num_classes: int = 10, depth: int = 1001, **kwargs) -> CifarResNet:
     """Pre-activation ResNet-1001 (He et al. 2016b), Table 2: 10.2M (ours: 10.3M, see module doc)."""
-    return CifarResNet(1001, preact_bottleneck=True, num_classes=num_classes, **kwargs)
+    return preact_resnet(depth, num_classes, **kwargs)
