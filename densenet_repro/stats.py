@@ -67,3 +67,34 @@ def difference(a: list[float], b: list[float], level: float = 0.95) -> Differenc
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     half = stats.t.ppf(0.5 + level / 2, df) * se
     return Difference(ma, mb, sa, sb, len(a), len(b), ma - mb, ma - mb - half, ma - mb + half)
+
+
+@dataclass(frozen=True)
+class MeanInterval:
+    mean: float
+    low: float              # 95% t-interval of the mean (nan with one value)
+    high: float
+    n: int
+
+    def verdict_against(self, threshold: float, claim_above: bool = True) -> str:
+        """The claim 'mean > threshold' (claim_above) or 'mean < threshold', judged from the interval."""
+        if math.isnan(self.low):
+            return INCONCLUSIVE
+        if (self.low > threshold) if claim_above else (self.high < threshold):
+            return HOLDS
+        if (self.high < threshold) if claim_above else (self.low > threshold):
+            return FAILS
+        return INCONCLUSIVE
+
+
+def mean_interval(x: list[float], level: float = 0.95) -> MeanInterval:
+    """The mean of x with a one-sample t-interval (e.g. over the layers of one network)."""
+    if not x:
+        raise ValueError("no values")
+    from scipy import stats
+
+    m, sd = _mean_sd(x)
+    if sd is None:
+        return MeanInterval(m, math.nan, math.nan, 1)
+    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * sd / math.sqrt(len(x))
+    return MeanInterval(m, m - half, m + half, len(x))

@@ -1,0 +1,273 @@
+"""Implicit deep supervision (the paper's section 4), measured: gradients and linear probes per layer.
+
+The paper argues that every layer of a DenseNet gets "additional supervision from the loss function
+through the shorter connections", as deeply-supervised nets do with auxiliary classifiers. Two
+measurements make that checkable against a pre-activation ResNet and a plain CNN (ResNet's layers
+without shortcuts) of similar depth and size:
+
+- `gradient_rms`: the root mean square of dLoss/d(output) of each layer, for one batch. A layer
+  that the loss reaches through short paths gets a gradient that does not fade with its distance
+  from the classifier. The ratio first/last layer summarises the decay.
+- `probe_accuracy`: a linear classifier (ridge regression on one-hot labels, closed form) on the
+  globally pooled features that each depth hands on, fitted on one split of held-out images and
+  scored on another. For a DenseNet, the features at layer l of a block are what layer l + 1
+  reads: the block input and layers 1..l, concatenated; for the ResNets, the block's output.
+
+"Layers" are the units each family repeats: a DenseNet's dense layers and transitions, a ResNet's
+residual blocks, the plain CNN's blocks of two convs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from densenet_repro.models.densenet import DenseNet, _DenseBlock, _DenseLayer, _Transition
+from densenet_repro.models.resnet import CifarResNet
+
+PROBE_RIDGE = 1e-2  # ridge penalty of the probes, relative to the mean feature variance (standardised features)
+
+
+def layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The repeated units of a network, input to output, with readable names."""
+    if isinstance(model, DenseNet):
+        return [(n, m) for n, m in model.named_modules() if isinstance(m, (_DenseLayer, _Transition))]
+    if isinstance(model, CifarResNet):
+        return [(f"{s}.{i}", b) for s in ("layer1", "layer2", "layer3") for i, b in enumerate(getattr(model, s))]
+    raise TypeError(f"no layer list for {type(model).__name__}: use a DenseNet or a CifarResNet")
+
+
+def _capture(model: nn.Module, keep: Callable[[str, nn.Module, torch.Tensor], None]) -> list:
+    return [m.register_forward_hook(lambda mod, inp, out, n=n: keep(n, mod, inp, out)) for n, m in layers(model)]
+
+
+def gradient_rms(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """RMS of the loss gradient reaching each layer's output, for one batch (train-mode BN, as in training)."""
+    outputs: list[torch.Tensor] = []
+
+    def keep(name, mod, inp, out):
+        out.retain_grad()
+        outputs.append(out)
+
+    hooks = _capture(model, keep)
+    try:
+        was_training = model.training
+        model.train()
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images), labels).backward()
+        model.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    grads = [float(o.grad.pow(2).mean().sqrt()) for o in outputs]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+@torch.no_grad()
+def pooled_features(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> list[np.ndarray]:
+    """Per layer, the (N, C) globally pooled features that the next layer reads (module doc)."""
+    model.eval()
+    chunks: list[list[torch.Tensor]] = []
+    for i in range(0, len(images), batch_size):
+        feats: list[torch.Tensor] = []
+        state: dict[str, torch.Tensor] = {}
+
+        def keep(name, mod, inp, out):
+            pooled = out.float().mean((2, 3))
+            if isinstance(mod, _DenseLayer):  # the block's running concatenation, pooled per channel
+                block = name.rsplit(".", 1)[0]
+                if block not in state:
+                    state[block] = torch.cat([t.float().mean((2, 3)) for t in inp[0]], 1)
+                state[block] = torch.cat([state[block], pooled], 1)
+                feats.append(state[block])
+            else:
+                feats.append(pooled)
+
+        hooks = _capture(model, keep)
+        try:
+            model(images[i:i + batch_size])
+        finally:
+            for h in hooks:
+                h.remove()
+        chunks.append(feats)
+    return [torch.cat([c[j] for c in chunks]).numpy() for j in range(len(chunks[0]))]
+
+
+def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                num_classes: int) -> float:
+    """Accuracy (%) of a ridge-regression classifier on standardised features, fitted in closed form."""
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    a, b = (train_x - mu) / sd, (test_x - mu) / sd
+    a = np.hstack([a, np.ones((len(a), 1))])
+    b = np.hstack([b, np.ones((len(b), 1))])
+    targets = np.eye(num_classes)[train_y]
+    reg = PROBE_RIDGE * len(a) * np.eye(a.shape[1])
+    reg[-1, -1] = 0.0  # the bias is not penalised
+    w = np.linalg.solve(a.T @ a + reg, a.T @ targets)
+    return float(((b @ w).argmax(1) == test_y).mean() * 100)
+
+
+def probe_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, fit: int,
+                   num_classes: int = 10) -> list[float]:
+    """Probe accuracy per layer: fitted on images[:fit], scored on images[fit:]."""
+    y = labels.numpy()
+    return [ridge_probe(f[:fit], y[:fit], f[fit:], y[fit:], num_classes) for f in pooled_features(model, images)]
+
+
+def depth_fraction(n: int) -> np.ndarray:
+    """x positions 0..1 for n layers, so that nets of different depths share an axis."""
+    return np.linspace(0, 1, n) if n > 1 else np.zeros(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The measurements of notebook 05, on trained runs and on the same networks at initialisation
+# ----------------------------------------------------------------------------------------------
+
+GRAD_BATCHES = 8     # batches of 64 training images: the intervals of the gradient ratios are over these
+PROBE_IMAGES = {"smoke": 320, "cpu": 2000, "paper": 10000}  # held-out test images: half fit, half score
+
+
+def normalised_images(data, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = (data.train_x, data.train_y) if split == "train" else (data.test_x, data.test_y)
+    mean = torch.tensor(data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(data.std).view(1, 3, 1, 1)
+    return (x[:n].float() / 255 - mean) / std, y[:n].long()
+
+
+def measure(networks: dict[str, tuple[nn.Module, nn.Module]], data, probe_images: int):
+    """Per network, state (initialisation / trained) and layer: gradient RMS (mean over batches) and probe accuracy.
+
+    `networks` maps a name to (untrained model, trained model). Returns (per-layer DataFrame,
+    per-batch gradient ratios first/last layer: {(name, state): [ratio, ...]}).
+    """
+    import pandas as pd
+
+    train_x, train_y = normalised_images(data, "train", 64 * GRAD_BATCHES)
+    probe_x, probe_y = normalised_images(data, "test", probe_images)
+    rows, ratios = [], {}
+    for name, pair in networks.items():
+        for state, model in zip(("initialisation", "trained"), pair):
+            torch.manual_seed(0)
+            per_batch = np.array([gradient_rms(model, train_x[i:i + 64], train_y[i:i + 64])
+                                  for i in range(0, len(train_x), 64)])
+            ratios[(name, state)] = list(per_batch[:, 0] / per_batch[:, -1])
+            probes = probe_accuracy(model, probe_x, probe_y, fit=probe_images // 2, num_classes=data.num_classes)
+            names = [n for n, _ in layers(model)]
+            for i, (lname, g, acc) in enumerate(zip(names, per_batch.mean(0), probes)):
+                rows.append({"network": name, "state": state, "layer": i + 1, "layer name": lname,
+                             "depth fraction": depth_fraction(len(names))[i], "gradient RMS": g,
+                             "probe accuracy (%)": acc})
+    return pd.DataFrame(rows), ratios
+
+
+def gradient_claims(ratios: dict, dense: str, others: list[str]) -> list[dict[str, str]]:
+    """'The loss reaches DenseNet's first layer more strongly (relative to its last) than it reaches the
+    first layer of each other network', after training, from log10 ratios per batch (Welch interval)."""
+    from densenet_repro import stats
+
+    out = []
+    for state in ("initialisation", "trained"):
+        d = [float(np.log10(r)) for r in ratios[(dense, state)]]
+        for other in others:
+            o = [float(np.log10(r)) for r in ratios[(other, state)]]
+            diff = stats.difference(d, o)
+            out.append({"state": state, "comparison": f"{dense} vs {other}",
+                        "log10 first/last gradient RMS": f"{diff.mean_a:+.2f} vs {diff.mean_b:+.2f}",
+                        "difference [95% interval]": f"{diff.diff:+.2f} [{diff.low:+.2f}, {diff.high:+.2f}]",
+                        "verdict: the DenseNet's first layer gets relatively more": diff.verdict(claim_a_lower=False)})
+    return out
+
+
+def probe_summary(df, first_fraction: float = 0.5) -> Any:
+    """Mean probe accuracy over the first half of each network's layers, and at its last layer."""
+    import pandas as pd
+
+    rows = []
+    for (name, state), sub in df.groupby(["network", "state"], sort=False):
+        early = sub[sub["depth fraction"] <= first_fraction]["probe accuracy (%)"]
+        rows.append({"network": name, "state": state, "layers": len(sub),
+                     "probe accuracy, first half of the layers (%)": round(float(early.mean()), 1),
+                     "probe accuracy, last layer (%)": round(float(sub["probe accuracy (%)"].iloc[-1]), 1)})
+    return pd.DataFrame(rows)
+
+
+def figure(df):
+    from densenet_repro import plots
+
+    fig, (ax1, ax2) = plots.figure(ncols=2)
+    for i, (name, sub) in enumerate(df.groupby("network", sort=False)):
+        for state, style in (("initialisation", ":"), ("trained", "-")):
+            s = sub[sub["state"] == state]
+            ax1.plot(s["depth fraction"], s["gradient RMS"], style, marker="o", ms=3, color=f"C{i}",
+                     label=f"{name}, {state}")
+            ax2.plot(s["depth fraction"], s["probe accuracy (%)"], style, marker="o", ms=3, color=f"C{i}",
+                     label=f"{name}, {state}")
+    ax1.set(yscale="log", xlabel="relative depth of the layer (0 = first, 1 = last)",
+            ylabel="RMS of dLoss/d(output)", title="Loss gradient reaching each layer")
+    ax2.set(xlabel="relative depth of the layer", ylabel="linear probe accuracy (%)",
+            title="Linear probe on each layer's features")
+    ax1.legend(fontsize="x-small")
+    return fig
+
+
+def networks(runs: dict) -> dict[str, tuple[nn.Module, nn.Module]]:
+    """{network label: (the same architecture at a fresh initialisation of the run's seed, the trained run)}."""
+    from pathlib import Path
+
+    from densenet_repro import create_model
+    from densenet_repro.train import WEIGHTS
+
+    out = {}
+    for (p, seed), s in runs.items():
+        torch.manual_seed(seed)
+        untrained = create_model(p.model, **p.model_kwargs)
+        trained = create_model(p.model, **p.model_kwargs)
+        state = torch.load(Path(s["run_dir"]) / WEIGHTS, map_location="cpu", weights_only=True)
+        trained.load_state_dict({k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()})
+        n = sum(t.numel() for t in trained.parameters())
+        out[f"{p.label()}, {n / 1e3:.0f}k params"] = (untrained, trained)
+    return out
+
+
+def load_probe_data(budget: str, data_root: str | None):
+    """C10+ as the runs saw it (synthetic at the smoke budget)."""
+    from densenet_repro.data import SYNTHETIC_SIZE, load_data
+
+    if budget == "smoke":
+        return load_data("c10+", source="synthetic", train_subset=SYNTHETIC_SIZE[0], test_subset=SYNTHETIC_SIZE[1],
+                         download=False)
+    return load_data("c10+", data_root=data_root, download=False)
+
+
+def dataset_text(data) -> str:
+    return data.source.description
+
+
+def headlines(gradients, probes) -> dict[str, str]:
+    out = {}
+    for _, r in gradients[gradients["state"] == "trained"].iterrows():
+        out[f"Deep supervision, trained: {r['comparison']}, log10 first/last gradient"] = (
+            f"{r['difference [95% interval]']}: {r.iloc[-1]}")
+    for _, r in probes[probes["state"] == "trained"].iterrows():
+        out[f"Probe accuracy, first half of layers: {r['network']}"] = r["probe accuracy, first half of the layers (%)"]
+    return out
+
+
+def conclusion(gradients, probes, dense: str) -> str:
+    """What the numbers say about the claim, computed from the tables above."""
+    trained = gradients[gradients["state"] == "trained"]
+    verdicts = list(trained.iloc[:, -1])
+    holds = sum(v == "holds" for v in verdicts)
+    p = probes[probes["state"] == "trained"].set_index("network")["probe accuracy, first half of the layers (%)"]
+    best = p.idxmax()
+    return (f"After training, the loss gradient reaches {dense}'s first layer relatively more strongly than it "
+            f"reaches the first layer of {holds} of the {len(verdicts)} other networks (verdicts: "
+            f"{', '.join(verdicts)}). The linear probes on the first half of the layers are most accurate for "
+            f"{best} ({p.max():.1f}% against {', '.join(f'{v:.1f}%' for n, v in p.items() if n != best)}). "
+            "Short paths to the loss predict both; one network per family and a short schedule make this a "
+            "measurement of these networks, not a test over training runs.")

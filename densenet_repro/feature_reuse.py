@@ -1,0 +1,334 @@
+"""Feature reuse (the paper's Figure 5): how strongly each layer of a trained DenseNet reads each earlier one.
+
+Inside a dense block, layer l reads the concatenation [x_0, x_1, ..., x_{l-1}]: x_0 is the block's
+input (the stem's or the previous transition's output, k_0 maps) and x_s (s >= 1) are the k maps of
+layer s. Its first conv (the 3x3 conv, or the 1x1 bottleneck of DenseNet-B/-BC) has one slice of
+input channels per source s. The paper colours pixel (s, l) by "the average L1 norm (normalized by
+number of input feature-maps) of the weights connecting convolutional layer s to l". We compute,
+with W_l the weight of that conv (out, in, kh, kw) and c(s) the input channels that come from x_s:
+
+    raw[s, l] = sum over out, c in c(s), kh, kw of |W_l[out, c, kh, kw]|  /  |c(s)|
+
+i.e. the L1 norm of the slice divided by the number of input maps it reads. Different targets have
+different fan-ins, so the heat maps show each target column divided by its largest entry:
+
+    map[s, l] = raw[s, l] / max over s' of raw[s', l]     (1 = the source that target reads most)
+
+Two extra columns per block: the transition layer's 1x1 conv (blocks 1 and 2), which reads
+[x_0, ..., x_L] of the block, and the classifier (block 3), whose weight (classes, maps) reads the
+same maps after the final BN-ReLU and global pooling (the kernel is 1x1, so the same formula holds).
+
+The paper's four observations become numbers here (`observations`); the verdicts come from
+`stats` intervals, never from the picture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from densenet_repro import stats
+from densenet_repro.models.densenet import DenseNet, _DenseBlock, _Transition
+
+SPREAD_THRESHOLD = 0.5  # observations 1 and 2: a target "spreads" its weight when it uses > half its inputs
+FINAL_FRACTION = 0.25   # observation 4: the classifier's "final feature maps" = the last quarter of block 3
+
+
+@dataclass
+class BlockMap:
+    """One dense block's heat map: rows are sources s = 0..L, columns targets 1..L and one extra."""
+
+    block: int                 # 1-based
+    raw: np.ndarray            # (L + 1, L + 1): raw[s, j] for target column j; NaN where s cannot feed it
+    extra: str                 # "transition 1", "transition 2" or "classifier": the last column
+
+    @property
+    def normalised(self) -> np.ndarray:
+        return self.raw / np.nanmax(self.raw, axis=0, keepdims=True)
+
+    @property
+    def num_layers(self) -> int:
+        return self.raw.shape[0] - 1
+
+    def column_labels(self) -> list[str]:
+        return [str(l) for l in range(1, self.num_layers + 1)] + [self.extra]
+
+
+def _slices(k0: int, k: int, num_sources: int) -> list[slice]:
+    """Input channels of x_0 (k_0 maps) and of x_1..x_{n-1} (k maps each)."""
+    return [slice(0, k0)] + [slice(k0 + (s - 1) * k, k0 + s * k) for s in range(1, num_sources)]
+
+
+def _per_source(weight: torch.Tensor, k0: int, k: int, num_sources: int) -> np.ndarray:
+    """raw[s] = L1 norm of the weight slice reading x_s, divided by the maps x_s has (module doc)."""
+    w = weight.detach().abs().float()
+    if w.dim() == 2:  # Linear (classes, maps): a 1x1 kernel
+        w = w[:, :, None, None]
+    if w.shape[1] != k0 + (num_sources - 1) * k:
+        raise ValueError(f"a weight with {w.shape[1]} input maps does not read k_0 = {k0} + {num_sources - 1} x k = {k}")
+    return np.array([float(w[:, sl].sum()) / (sl.stop - sl.start) for sl in _slices(k0, k, num_sources)])
+
+
+def heat_maps(model: DenseNet) -> list[BlockMap]:
+    """Figure 5 for a CIFAR DenseNet (any variant): one BlockMap per dense block."""
+    if not isinstance(model, DenseNet):
+        raise TypeError(f"heat maps are defined for a DenseNet, got {type(model).__name__}")
+    modules = list(model.features.named_children())
+    blocks = [(i, m) for i, (_, m) in enumerate(modules) if isinstance(m, _DenseBlock)]
+    k = model.growth_rate
+    maps = []
+    for b, (pos, block) in enumerate(blocks, start=1):
+        layers = list(block.values())
+        n = len(layers)
+        k0 = layers[0].conv1.in_channels
+        raw = np.full((n + 1, n + 1), np.nan)
+        for l, layer in enumerate(layers, start=1):
+            raw[:l, l - 1] = _per_source(layer.conv1.weight, k0, k, l)
+        after = modules[pos + 1][1] if pos + 1 < len(modules) else None
+        if isinstance(after, _Transition):
+            raw[:, n] = _per_source(after.conv.weight, k0, k, n + 1)
+            extra = f"transition {b}"
+        else:
+            raw[:, n] = _per_source(model.classifier.weight, k0, k, n + 1)
+            extra = "classifier"
+        maps.append(BlockMap(b, raw, extra))
+    return maps
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's four observations, as numbers
+# ----------------------------------------------------------------------------------------------
+
+
+def spread(column: np.ndarray) -> float:
+    """How evenly a target reads its sources: (sum a)^2 / (n sum a^2), from 1/n (one source) to 1 (all equal).
+
+    The participation ratio of the weights divided by the number of sources: the fraction of its
+    inputs that the target effectively uses.
+    """
+    a = column[~np.isnan(column)]
+    return float(a.sum() ** 2 / (len(a) * (a ** 2).sum()))
+
+
+@dataclass
+class Observation:
+    name: str
+    claim: str
+    measure: str
+    value: float
+    low: float
+    high: float
+    n: int
+    verdict: str
+
+
+def _one_sample(name, claim, measure, values, threshold, above: bool) -> Observation:
+    iv = stats.mean_interval(list(values))
+    return Observation(name, claim, measure, iv.mean, iv.low, iv.high, iv.n,
+                       iv.verdict_against(threshold, claim_above=above))
+
+
+def observations(maps: list[BlockMap]) -> list[Observation]:
+    """The paper's observations (1)-(4) on one network, each with a 95% interval and a verdict.
+
+    (1) and (2): the mean spread of the targets' columns (layers with >= 2 sources; transitions),
+    against SPREAD_THRESHOLD. (3): in blocks 2 and 3, per target layer with >= 2 sources, the
+    normalised weight on x_0 (the transition's output) minus the mean on the other sources; the
+    claim is that it is below 0. (4): the classifier's normalised weight on the last
+    FINAL_FRACTION of block 3's layers against the rest (Welch interval; the claim: higher).
+    """
+    layer_spreads = [spread(m.normalised[:, j]) for m in maps for j in range(1, m.num_layers)]
+    transitions = [spread(m.normalised[:, -1]) for m in maps if m.extra.startswith("transition")]
+    first_row = [m.normalised[0, j] - np.nanmean(m.normalised[1:, j]) for m in maps[1:]
+                 for j in range(1, m.num_layers)]
+    last = maps[-1].normalised[:, -1]
+    n_final = max(1, int(round(FINAL_FRACTION * maps[-1].num_layers)))
+    final, rest = list(last[-n_final:]), list(last[:-n_final])
+    d = stats.difference(final, rest)
+    return [
+        _one_sample("1", "each layer spreads its weights over many inputs of its block",
+                    f"mean spread of {len(layer_spreads)} layers (threshold {SPREAD_THRESHOLD})",
+                    layer_spreads, SPREAD_THRESHOLD, above=True),
+        _one_sample("2", "transition layers spread their weights over all layers of the preceding block",
+                    f"mean spread of {len(transitions)} transition layers (threshold {SPREAD_THRESHOLD})",
+                    transitions, SPREAD_THRESHOLD, above=True),
+        _one_sample("3", "layers in blocks 2 and 3 give the least weight to the transition's output",
+                    f"weight on x_0 minus mean weight on the other sources, {len(first_row)} layers",
+                    first_row, 0.0, above=False),
+        Observation("4", "the classifier concentrates on the final feature maps",
+                    f"classifier weight on the last {n_final} layers minus the other {len(rest)} sources",
+                    d.diff, d.low, d.high, len(final) + len(rest), d.verdict(claim_a_lower=False)),
+    ]
+
+
+def observations_table(named: dict[str, list[BlockMap]]):
+    """One row per observation, one column group per network (e.g. trained, short-trained, untrained)."""
+    import pandas as pd
+
+    rows: dict[str, dict[str, str]] = {}
+    for label, maps in named.items():
+        for o in observations(maps):
+            row = rows.setdefault(o.name, {"Observation (paper)": o.claim, "Measure": o.measure})
+            row[label] = f"{o.value:+.3f} [{o.low:+.3f}, {o.high:+.3f}]: {o.verdict}"
+    return pd.DataFrame(list(rows.values()))
+
+
+def figure(maps: list[BlockMap], title: str = ""):
+    """The heat maps side by side, as the paper draws them (source rows, target columns)."""
+    from densenet_repro import plots
+
+    fig, axes = plots.figure(ncols=len(maps), width=4.2 * len(maps), height=4.0)
+    for ax, m in zip(np.atleast_1d(axes), maps):
+        im = ax.imshow(np.ma.masked_invalid(m.normalised), cmap="viridis", vmin=0, vmax=1, origin="upper")
+        ax.set_title(f"Dense block {m.block}")
+        ax.set_xticks(range(m.num_layers + 1), m.column_labels(), rotation=90, fontsize=7)
+        ax.set_yticks(range(m.num_layers + 1), [str(s) for s in range(m.num_layers + 1)], fontsize=7)
+        ax.set_xlabel("target layer l")
+        ax.set_ylabel("source layer s")
+    fig.colorbar(im, ax=list(np.atleast_1d(axes)), shrink=0.8, label="weight / column max")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def load_weights(path, model: nn.Module) -> nn.Module:
+    """A model's weights from a finished run's weights.pt or a checkpoint.pt (its `model` entry)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    return load_weights_state(state, model)
+
+
+# ----------------------------------------------------------------------------------------------
+# The networks of Figure 5: the headline run as it stands, earlier snapshots of it, untrained
+# ----------------------------------------------------------------------------------------------
+
+SNAPSHOT_DIR = "feature_reuse"  # under results/: the raw maps of each epoch of the headline run seen so far
+
+
+def run_state(run_dir) -> tuple[dict, int, bool]:
+    """(model state, epochs trained, finished) of a run folder: weights.pt if finished, else the checkpoint."""
+    from pathlib import Path
+
+    from densenet_repro.errors import CheckpointError
+    from densenet_repro.train import WEIGHTS
+
+    run_dir = Path(run_dir)
+    if (run_dir / WEIGHTS).is_file():
+        import json
+
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        return torch.load(run_dir / WEIGHTS, map_location="cpu", weights_only=True), int(summary["epochs"]), True
+    if (run_dir / "checkpoint.pt").is_file():
+        ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+        return ckpt["model"], int(ckpt["epoch"]), False
+    raise CheckpointError(f"{run_dir} has neither {WEIGHTS} nor checkpoint.pt: train it first "
+                          f"(python -m densenet_repro table2 --headline)")
+
+
+def save_snapshot(maps: list[BlockMap], path) -> bool:
+    """Write the raw maps of one epoch as JSON, unless that epoch is already there (returns whether written)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps([{"block": m.block, "extra": m.extra,
+                                "raw": [[None if np.isnan(v) else float(v) for v in row] for row in m.raw]}
+                               for m in maps]), encoding="utf-8")
+    tmp.replace(path)
+    return True
+
+
+def load_snapshot(path) -> list[BlockMap]:
+    import json
+
+    return [BlockMap(d["block"], np.array([[np.nan if v is None else v for v in row] for row in d["raw"]]), d["extra"])
+            for d in json.loads(open(path, encoding="utf-8").read())]
+
+
+def figure5_maps(budget: str, *, data_root: str | None = None, device: str = "auto", results: str = "results",
+                 out: str = "runs", train_missing: bool = True) -> tuple[dict[str, list[BlockMap]], dict]:
+    """The heat maps notebook 05 shows: {label: maps} for the trained network, its earlier snapshots and
+    the untrained one, plus where they came from.
+
+    cpu: the Table 2 headline run (DenseNet L=40, k=12, C10+): its weights when finished, else its
+    committed checkpoint; each epoch seen is kept as a snapshot under results/feature_reuse/.
+    paper: the paper-protocol run of the same cell. smoke: the small DenseNet of the smoke sweep.
+    """
+    from pathlib import Path
+
+    from densenet_repro import create_model, experiments, sweeps
+    from densenet_repro.budgets import check_budget
+    from densenet_repro.train import locate_run, run_name, train
+
+    check_budget(budget)
+    if budget == "cpu":
+        cfg = experiments.headline_config(data_root=data_root, device=device, results=results)
+        _, h, done = locate_run(cfg.validate().resolved())
+        folder = done or Path(cfg.out) / cfg.experiment / run_name(cfg, h)
+    elif budget == "paper":
+        cfg = experiments.budget_config("densenet40_k12", "c10+", "paper", data_root=data_root, device=device,
+                                        experiment=experiments.EXPERIMENT)
+        folder = Path(train(cfg)["run_dir"]) if train_missing else locate_run(cfg.validate().resolved())[2]
+    else:
+        p = sweeps.SUPERVISION["smoke"][0]
+        runs = sweeps.run_points([p], budget, "smoke_figure5", seeds=(0,), data_root=data_root, device=device,
+                                 progress="none", out=out, results=results, weights=True)
+        cfg = sweeps.config(p, budget, 0, "smoke_figure5")
+        folder = Path(runs[(p, 0)]["run_dir"])
+    state, epoch, finished = run_state(folder)
+    trained = load_weights_state(state, create_model(cfg.model, **cfg.model_kwargs))
+    maps = heat_maps(trained)
+    info = {"run_dir": folder.as_posix(), "epoch": epoch, "epochs": cfg.epochs, "finished": finished,
+            "model": cfg.model, "files": [(folder / "metrics.csv").as_posix()]}
+    named = {f"trained {epoch} of {cfg.epochs} epochs": maps}
+    if budget != "smoke":
+        snap_dir = Path(results) / SNAPSHOT_DIR
+        save_snapshot(maps, snap_dir / f"{folder.name}-epoch{epoch}.json")
+        for path in sorted(snap_dir.glob(f"{folder.name}-epoch*.json"),
+                           key=lambda p: int(p.stem.rsplit("epoch", 1)[1])):
+            e = int(path.stem.rsplit("epoch", 1)[1])
+            if e < epoch:
+                named[f"trained {e} of {cfg.epochs} epochs (snapshot)"] = load_snapshot(path)
+                info["files"].append(path.as_posix())
+    torch.manual_seed(cfg.seed)
+    named["untrained (initialisation)"] = heat_maps(create_model(cfg.model, **cfg.model_kwargs))
+    return named, info
+
+
+def load_weights_state(state: dict, model: nn.Module) -> nn.Module:
+    """Load a state dict saved by the engine (DDP's module. and compile's _orig_mod. prefixes removed)."""
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def source_text(info: dict) -> str:
+    state = ("its final weights" if info["finished"] else
+             f"its checkpoint after epoch {info['epoch']} of {info['epochs']} (the run is not finished: "
+             "these maps show a partly trained network)")
+    return f"Network: `{info['model']}` from `{info['run_dir']}`, {state}."
+
+
+def headlines(table) -> dict[str, str]:
+    """The observations of the most-trained network (the table's first network column), for the index."""
+    label = table.columns[2]
+    return {f"Figure 5 observation {i + 1} ({label}): {row['Observation (paper)']}": row[label]
+            for i, (_, row) in enumerate(table.iterrows())}
+
+
+def coverage_entries(budget: str, info: dict) -> list[dict]:
+    from densenet_repro import coverage
+
+    if budget == "paper" and info["finished"]:
+        return [coverage.entry("Figure 5", "weight heat maps", "computed", "the paper's network and protocol")]
+    note = (f"the paper's network, trained {info['epoch']} of {info['epochs']} epochs"
+            + ("" if info["finished"] else " (run in progress)"))
+    return [coverage.entry("Figure 5", "weight heat maps", "scaled", note, budget=budget)]

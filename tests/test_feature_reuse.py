@@ -1,0 +1,110 @@
+"""Figure 5's heat maps on hand-built DenseNets whose maps are known, and the observations' verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from densenet_repro import feature_reuse as fr
+from densenet_repro import stats
+from densenet_repro.models.densenet import DenseNet
+
+K0, K, LAYERS = 3, 2, 6  # block input maps, growth rate, layers per block
+
+
+def tiny(source_weight) -> DenseNet:
+    """A 3-block DenseNet whose weight from source s to target t is source_weight(block, s, t) everywhere.
+
+    Targets 1..LAYERS are the dense layers, LAYERS + 1 the transition (or the classifier in block 3).
+    """
+    model = DenseNet(block_config=(LAYERS,) * 3, growth_rate=K, num_init_features=K0)
+    k0s = [K0]
+    for b in (1, 2):
+        k0s.append(getattr(model.features, f"transition{b}").conv.out_channels)
+    with torch.no_grad():
+        for b in (1, 2, 3):
+            block = getattr(model.features, f"denseblock{b}")
+            readers = [layer.conv1.weight for layer in block.values()]
+            readers.append(getattr(model.features, f"transition{b}").conv.weight if b < 3 else model.classifier.weight)
+            for t, w in enumerate(readers, start=1):
+                sizes = [k0s[b - 1]] + [K] * (t - 1)
+                start = 0
+                for s, n in enumerate(sizes):
+                    sign = torch.where(torch.rand_like(w[:, start:start + n]) < 0.5, -1.0, 1.0)  # |w| is what counts
+                    w[:, start:start + n] = sign * source_weight(b, s, t)
+                    start += n
+    return model
+
+
+def test_raw_map_is_the_l1_norm_per_input_map_and_columns_are_normalised_by_their_max():
+    model = tiny(lambda b, s, t: float(s + 1))
+    maps = fr.heat_maps(model)
+    assert [m.extra for m in maps] == ["transition 1", "transition 2", "classifier"]
+    m = maps[0]
+    assert m.raw.shape == (LAYERS + 1, LAYERS + 1)
+    # layer 2 (column 1) reads x_0 and x_1: per input map, |w| summed over out maps and the 3x3 kernel
+    per_map = model.features.denseblock1.denselayer2.conv1.out_channels * 9
+    np.testing.assert_allclose(m.raw[:2, 1], [1 * per_map, 2 * per_map])
+    assert np.isnan(m.raw[2:, 1]).all()  # layer 2 cannot read x_2, x_3
+    np.testing.assert_allclose(m.normalised[:, LAYERS], np.arange(1, LAYERS + 2) / (LAYERS + 1))  # the transition
+    classifier = maps[2].raw[:, LAYERS]
+    np.testing.assert_allclose(classifier, 10 * np.arange(1, LAYERS + 2))  # 10 classes, a 1x1 "kernel"
+
+
+def test_observations_hold_on_a_network_built_to_show_them():
+    def weight(b, s, t):
+        w = 1.0 + 0.05 * ((s * 7 + t * 3) % 5)  # every source used, with some variation between layers
+        if b > 1 and s == 0 and t <= LAYERS:
+            w = 0.5  # blocks 2 and 3 read the transition's output least
+        if b == 3 and t == LAYERS + 1 and s == LAYERS:
+            w = 3.0  # the classifier concentrates on the last layer
+        return w
+
+    obs = {o.name: o for o in fr.observations(fr.heat_maps(tiny(weight)))}
+    assert obs["1"].verdict == stats.HOLDS and obs["1"].value > 0.8
+    assert obs["2"].verdict == stats.HOLDS
+    assert obs["3"].verdict == stats.HOLDS and obs["3"].value < 0
+    assert obs["4"].value > 0
+
+
+def test_observations_fail_on_a_network_built_against_them():
+    def weight(b, s, t):
+        return 1.0 if s == 0 else 0.01 + 0.001 * s  # every layer, transition and the classifier read only x_0
+
+    obs = {o.name: o for o in fr.observations(fr.heat_maps(tiny(weight)))}
+    assert obs["1"].verdict == stats.FAILS
+    assert obs["2"].verdict == stats.FAILS
+    assert obs["3"].verdict == stats.FAILS  # x_0 is read most in blocks 2 and 3
+    assert obs["4"].value < 0
+
+
+def test_spread_runs_from_one_over_n_to_one():
+    assert fr.spread(np.array([1.0, 1.0, 1.0, 1.0])) == pytest.approx(1.0)
+    assert fr.spread(np.array([1.0, 0.0, 0.0, 0.0])) == pytest.approx(0.25)
+    assert fr.spread(np.array([1.0, 1.0, np.nan])) == pytest.approx(1.0)  # sources a target cannot read are skipped
+
+
+def test_snapshots_round_trip_and_are_never_overwritten(tmp_path):
+    maps = fr.heat_maps(tiny(lambda b, s, t: float(s + t)))
+    path = tmp_path / "run-epoch3.json"
+    assert fr.save_snapshot(maps, path)
+    assert not fr.save_snapshot(fr.heat_maps(tiny(lambda b, s, t: 1.0)), path)
+    back = fr.load_snapshot(path)
+    for a, b in zip(maps, back):
+        np.testing.assert_allclose(a.raw, b.raw)
+        assert a.extra == b.extra
+
+
+def test_heat_maps_refuse_a_network_without_dense_blocks():
+    from densenet_repro import create_model
+
+    with pytest.raises(TypeError, match="defined for a DenseNet"):
+        fr.heat_maps(create_model("resnet", depth=8))
+
+
+def test_a_run_without_weights_or_checkpoint_is_a_one_line_error(tmp_path):
+    from densenet_repro.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="train it first"):
+        fr.run_state(tmp_path)
