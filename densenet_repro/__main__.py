@@ -2,6 +2,7 @@
 
     train    train one model on one dataset (densenet_repro.cli, the engine in densenet_repro.train)
     table2   notebook 02's Table 2 runs of a budget (densenet_repro.cli, the plan in densenet_repro.experiments)
+    sweeps   the runs of notebooks 03-05 (Figure 4, section 4) at a budget (densenet_repro.cli, plans in densenet_repro.sweeps)
     bench    training/inference speed and memory benchmark (densenet_repro.bench)
     reports  execute the notebooks and render reports/ (densenet_repro.reports)
     gpu-check  what one short GPU slot measures: cuda tests, engine epochs, the headline run (densenet_repro.gpu_check)
@@ -17,6 +18,7 @@ import sys
 COMMANDS = {
     "train": ("densenet_repro.cli", "train_main"),
     "table2": ("densenet_repro.cli", "table2_main"),
+    "sweeps": ("densenet_repro.cli", "sweeps_main"),
     "bench": ("densenet_repro.bench", "main"),
     "reports": ("densenet_repro.reports", "main"),
     "gpu-check": ("densenet_repro.gpu_check", "main"),

@@ -173,3 +173,29 @@ def table2_main(argv: list[str] | None = None) -> int:
         print()
         print(table2.comparisons_table(runs, args.budget).to_string(index=False))
     return 0
+
+
+def sweeps_main(argv: list[str] | None = None) -> int:
+    from densenet_repro import sweeps
+
+    p = OneLineParser(prog="python -m densenet_repro sweeps",
+                      description="Train (or reuse) the runs of notebooks 03-05 at a budget, seed 0 of every network "
+                                  "first; resumable and cached, so the notebooks then render from the results.")
+    p.add_argument("--budget", choices=BUDGETS, default="cpu")
+    p.add_argument("--only", action="append", choices=tuple(sweeps.PLANS),
+                   help="one plan (repeatable): figure4 (notebooks 03, 04) or supervision (notebook 05)")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: $DENSENET_DATA or ./data)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs")
+    p.add_argument("--results", default="results")
+    p.add_argument("--progress", choices=("auto", "bar", "line", "none"), default="auto")
+    args = p.parse_args(argv)
+    try:
+        done = sweeps.run_plans(args.budget, tuple(args.only or sweeps.PLANS), data_root=args.data_root,
+                                device=args.device, progress=args.progress, out=args.out, results=args.results)
+    except UserError as e:  # anything else is a bug: it keeps its traceback
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 1
+    for name, runs in done.items():
+        print(f"{name}: {len(runs)} runs finished")
+    return 0

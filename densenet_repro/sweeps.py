@@ -83,12 +83,13 @@ RESNETS = {
     "smoke": [point("pre-act ResNet", "preact_resnet", depth=d, width=4) for d in (11, 20)],
 }
 # Figure 4 right: training curves of a ResNet with about 12x the parameters of a DenseNet-BC
-# (paper: pre-act ResNet-1001, 10.2M, against DenseNet-BC-100, 0.8M). cpu: 127k against 9.6k (13x).
+# (paper: pre-act ResNet-1001, 10.2M, against DenseNet-BC-100, 0.8M). cpu: 127k against 9.6k (13x),
+# with the DenseNet-BC run of FIG4_LEFT (the same point: trained once) and the budget's 2 epochs.
 CURVES = {
     "paper": [point("DenseNet-BC", "densenet_bc", depth=100, growth_rate=12),
               point("pre-act ResNet", "preact_resnet", depth=1001)],
-    "cpu": [point("DenseNet-BC", "densenet_bc", epochs=4, depth=10, growth_rate=8),
-            point("pre-act ResNet", "preact_resnet", epochs=4, depth=11)],
+    "cpu": [point("DenseNet-BC", "densenet_bc", depth=10, growth_rate=8),
+            point("pre-act ResNet", "preact_resnet", depth=11)],
     "smoke": [point("DenseNet-BC", "densenet_bc", epochs=2, depth=10, growth_rate=4),
               point("pre-act ResNet", "preact_resnet", epochs=2, depth=11, width=4)],
 }
@@ -147,6 +148,25 @@ def run_points(points: list[Point], budget: str, experiment: str, *, seeds: tupl
                 summary["run_dir"] = publish(summary, results, weights=weights).as_posix()
             done[(p, seed)] = summary
     return done
+
+
+# What `python -m densenet_repro sweeps` trains: the experiment, the plans, the seeds, whether weights are kept.
+PLANS = {
+    "supervision": ("implicit_supervision", (SUPERVISION,), SUPERVISION_SEEDS, True),
+    "figure4": ("figure4", (FIG4_LEFT, RESNETS, CURVES, K_SWEEP), None, False),
+}
+
+
+def run_plans(budget: str, only: tuple[str, ...] = tuple(PLANS), **kwargs) -> dict[str, dict]:
+    """Train every plan of a budget, seed by seed (seed 0 of every point first), resumable and cached."""
+    out = {}
+    for name in only:
+        experiment, plans, seeds, weights = PLANS[name]
+        points = list(dict.fromkeys(p for plan in plans for p in plan[check_budget(budget)]))
+        for seed in seeds or SEEDS[budget]:
+            out[name] = out.get(name, {}) | run_points(points, budget, experiment, seeds=(seed,), weights=weights,
+                                                       **kwargs)
+    return out
 
 
 def planned(points: list[Point], budget: str, seeds: tuple[int, ...] | None = None) -> int:
