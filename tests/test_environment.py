@@ -57,3 +57,13 @@ def test_default_data_root_is_inside_the_repo():
     for nb in ("01_architecture.ipynb", "06_performance.ipynb"):
         assert 'data_root = "data"' in "".join(
             __import__("json").loads((ROOT / "notebooks" / nb).read_text())["cells"][1]["source"])
+
+
+def test_readme_layout_names_every_module_and_nothing_else():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    listed = {line.split()[0] for line in block.splitlines() if line.startswith("  ") and line.split()[0].endswith(".py")}
+    package = ROOT / "densenet_repro"
+    modules = {p.relative_to(package).as_posix() for p in package.rglob("*.py")
+               if p.name not in ("__init__.py", "__main__.py")}
+    assert listed == modules, f"README layout: missing {sorted(modules - listed)}, stale {sorted(listed - modules)}"
