@@ -289,6 +289,14 @@ def ratio_headline(r: dict[str, Any]) -> str:
     return f"{r['ratio']:.2f}x{spread}, fewer parameters: {r['verdict']} ({r['seeds']} seeds)"
 
 
+def efficiency_headline(table, verdict: str) -> str:
+    """The overall verdict with the differences it rests on (points of error, BC minus the best other)."""
+    col = "DenseNet-BC - best other (points, 95% interval)"
+    if not len(table) or col not in table:
+        return verdict
+    return f"{verdict}: " + "; ".join(f"{r['parameters']} params {r[col]}" for _, r in table.iterrows())
+
+
 def dataset_used(runs: dict) -> str:
     sources = sorted({s["data"]["source"] for s in runs.values() if "data" in s})
     return "; ".join(sources) if sources else "no run finished yet"

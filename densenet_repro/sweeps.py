@@ -194,6 +194,28 @@ def plan_table(points: list[Point], budget: str, runs: dict, seeds: tuple[int, .
     return pd.DataFrame(rows)
 
 
+PAPER_K, PAPER_WIDTH, PAPER_EPOCHS = 12, 16, 300  # Figure 4's growth rate, the ResNets' first-stage width, CIFAR epochs
+
+
+def scaling_text(points: list[Point], budget: str) -> str:
+    """What a budget scales against the paper, computed from its points (one sentence per kind)."""
+    if budget == "paper":
+        return "The paper's networks and protocol: 300 epochs, all 50,000 training images."
+    ks = sorted({p.model_kwargs["growth_rate"] for p in points if "growth_rate" in p.model_kwargs})
+    widths = sorted({p.model_kwargs.get("width", PAPER_WIDTH) for p in points if "resnet" in p.model or "plain" in p.model})
+    depths = sorted({p.model_kwargs["depth"] for p in points})
+    epochs = sorted({p.epochs or EPOCHS[budget] for p in points})
+    parts = [f"depths L = {', '.join(map(str, depths))}",
+             f"{' or '.join(map(str, epochs))} epoch(s) instead of {PAPER_EPOCHS} (the LR steps at 50% and 75% of them)"]
+    if ks:
+        parts.insert(0, f"growth rate k = {', '.join(map(str, ks))} (the paper's Figure 4: {PAPER_K})")
+    if widths:
+        parts.insert(1, f"ResNet width {', '.join(map(str, widths))} (the papers': {PAPER_WIDTH})")
+    data = (f"{SYNTHETIC_SIZE[0]} synthetic images (numbers mean nothing)" if budget == "smoke"
+            else "all 50,000 training and 10,000 test images")
+    return f"Scaled at the {budget} budget: " + "; ".join(parts) + f"; {data}."
+
+
 def result_files(runs: dict) -> list[str]:
     """The metrics/summary files behind a notebook's runs (for provenance.record)."""
     return [f"{s['run_dir']}/{name}" for s in runs.values() for name in ("summary.json", "metrics.csv")]
