@@ -240,16 +240,23 @@ def run_comparisons(budget: str, *, data_root: str | None = None, device: str = 
                     continue
                 cfg = dataclasses.replace(arm_config(arm, budget, seed, data_root=data_root, device=device),
                                           progress=progress, resume=True, out=out, results=results)
-                if not train_missing:
-                    _, _, done = locate_run(cfg.validate().resolved())
-                    if done is not None:
-                        runs[(arm, seed)] = read_summary(done)
-                    continue
-                summary = run_or_reuse(cfg)
-                if publish_results and not summary.get("cached"):
-                    summary["run_dir"] = publish(summary, results).as_posix()
-                runs[(arm, seed)] = summary
+                summary = train_or_read(cfg, train_missing=train_missing, publish_results=publish_results,
+                                        results=results)
+                if summary is not None:
+                    runs[(arm, seed)] = summary
     return runs
+
+
+def train_or_read(cfg: RunConfig, *, train_missing: bool, publish_results: bool, results: str = "results",
+                  weights: bool = False) -> dict[str, Any] | None:
+    """A run's summary: trained (or reused) and published, or with train_missing=False only read if finished."""
+    if not train_missing:
+        _, _, done = locate_run(cfg.validate().resolved())
+        return None if done is None else read_summary(done)
+    summary = run_or_reuse(cfg)
+    if publish_results and not summary.get("cached"):
+        summary["run_dir"] = publish(summary, results, weights=weights).as_posix()
+    return summary
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,6 +338,6 @@ def result_files(cells: list[dict[str, Any]]) -> list[str]:
     return files
 
 
-def comparison_files(runs: dict) -> list[str]:
-    """The metrics/summary files behind the comparisons (for provenance.record)."""
+def run_files(runs: dict) -> list[str]:
+    """The metrics/summary files behind a dict of run summaries (for provenance.record)."""
     return [(Path(s["run_dir"]) / name).as_posix() for s in runs.values() for name in ("summary.json", "metrics.csv")]

@@ -22,8 +22,8 @@ from typing import Any
 from densenet_repro import fastpath
 from densenet_repro.budgets import check_budget
 from densenet_repro.data import SYNTHETIC_SIZE
-from densenet_repro.experiments import publish, run_or_reuse
-from densenet_repro.train import RunConfig, locate_run, read_summary
+from densenet_repro.experiments import train_or_read
+from densenet_repro.train import RunConfig
 
 SEEDS = {"smoke": (0, 1), "cpu": (0, 1), "paper": (0, 1, 2)}
 EPOCHS = {"smoke": 1, "cpu": 2, "paper": 300}
@@ -138,15 +138,10 @@ def run_points(points: list[Point], budget: str, experiment: str, *, seeds: tupl
         for p in points:
             cfg = dataclasses.replace(config(p, budget, seed, experiment, data_root=data_root, device=device),
                                       progress=progress, resume=True, out=out, results=results)
-            if not train_missing:
-                _, _, folder = locate_run(cfg.validate().resolved())
-                if folder is not None:
-                    done[(p, seed)] = read_summary(folder)
-                continue
-            summary = run_or_reuse(cfg)
-            if budget != "smoke" and not summary.get("cached"):
-                summary["run_dir"] = publish(summary, results, weights=weights).as_posix()
-            done[(p, seed)] = summary
+            summary = train_or_read(cfg, train_missing=train_missing, publish_results=budget != "smoke",
+                                    results=results, weights=weights)
+            if summary is not None:
+                done[(p, seed)] = summary
     return done
 
 
@@ -215,7 +210,3 @@ def scaling_text(points: list[Point], budget: str) -> str:
             else "all 50,000 training and 10,000 test images")
     return f"Scaled at the {budget} budget: " + "; ".join(parts) + f"; {data}."
 
-
-def result_files(runs: dict) -> list[str]:
-    """The metrics/summary files behind a notebook's runs (for provenance.record)."""
-    return [f"{s['run_dir']}/{name}" for s in runs.values() for name in ("summary.json", "metrics.csv")]
