@@ -1,7 +1,7 @@
 """Speed and memory benchmark (`python -m densenet_repro bench`), and the fast path's accuracy check.
 
     python -m densenet_repro bench [--size default|tiny] [--out results/bench] [--repeats N] [--no-compile]
-    python -m densenet_repro bench accuracy [--budget cpu|smoke] [--data-root ../shared/data]
+    python -m densenet_repro bench accuracy [--budget cpu|smoke] [--data-root data]
 
 Speed (`bench`, results/bench/bench_<size>.json). Two sections, each measured in one process with
 every configuration built side by side and timed *interleaved* (one step of each configuration in
@@ -659,9 +659,9 @@ def write_result(result: dict[str, Any], out_dir: str | os.PathLike = DEFAULT_OU
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name or 'bench_' + result['size']}.json"
-    from densenet_repro.train import atomic_write_text
+    from densenet_repro import atomic
 
-    atomic_write_text(path, json.dumps(result, indent=1) + "\n")  # a crash never leaves half a file
+    atomic.write_text(path, json.dumps(result, indent=1) + "\n")
     return path
 
 

@@ -14,7 +14,7 @@ Sources (`source=`):
 
     torchvision   the official archives through torchvision.datasets, downloaded into data_root
     folder        an image-folder copy, `train/<class>/*` and `test/<class>/*`, as a directory or
-                  a .tar.gz (e.g. ../shared/data/cifar10-jpeg.tar.gz, CIFAR-10 re-encoded as JPEG)
+                  a .tar.gz (e.g. data/cifar10-jpeg.tar.gz, CIFAR-10 re-encoded as JPEG)
     synthetic     a small learnable synthetic set of CIFAR's shape, generated in memory (smoke)
     auto          official files if present, else an image-folder copy, else a download
 
@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from densenet_repro import atomic
 from densenet_repro.errors import ConfigError, DataNotFoundError, DataReadError, MissingPackageError
 
 # ----------------------------------------------------------------------------------------------
@@ -221,7 +222,7 @@ class Arrays:
 def cache_dir() -> Path:
     """Where decoded arrays are cached: $DENSENET_CACHE, else ./data/cache (git-ignored).
 
-    Never inside data_root: that may be a shared read-only copy (../shared/data), and file
+    Never inside data_root: that may be a read-only copy shared by several checkouts, and file
     permissions do not stop a process running as root from writing there.
     """
     return Path(os.environ.get("DENSENET_CACHE") or Path("data") / "cache")
@@ -245,7 +246,7 @@ _CACHE_KEYS = ("train_x", "train_y", "test_x", "test_y", "extra_x", "extra_y")
 
 
 def _save_cache(folder: Path, arrays: Arrays) -> None:
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp = atomic.temp_name(folder)
     tmp.mkdir(parents=True, exist_ok=True)
     for key in _CACHE_KEYS:
         value = getattr(arrays, key)
@@ -253,12 +254,7 @@ def _save_cache(folder: Path, arrays: Arrays) -> None:
             np.save(tmp / f"{key}.npy", value)
     (tmp / "classes.txt").write_text("\n".join(arrays.classes) + "\n", encoding="utf-8")
     (tmp / "note.txt").write_text(arrays.note, encoding="utf-8")
-    try:
-        os.replace(tmp, folder)  # atomic: a half-written cache is never seen
-    except OSError:  # another process won the race; theirs is as good as ours
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    atomic.replace_dir(tmp, folder)  # a half-written cache is never seen; False: another process's is used
 
 
 def _load_cache(folder: Path) -> Arrays | None:
@@ -385,8 +381,7 @@ def _read_torchvision(spec: DatasetSpec, root: Path, download: bool) -> Arrays:
         socket.setdefaulttimeout(old_timeout)
 
 
-def load_arrays(dataset: str, source: SourceInfo, data_root: str | os.PathLike | None = None,
-                download: bool = True) -> Arrays:
+def load_arrays(dataset: str, source: SourceInfo, download: bool = True) -> Arrays:
     """Read a dataset's images and labels as uint8 arrays, through the .npy cache."""
     spec = get_spec(dataset)
     if source.kind == "synthetic":
@@ -497,9 +492,7 @@ def _cached_stats(a: Arrays, spec: DatasetSpec, train_x: np.ndarray) -> tuple[li
     mean, std = channel_stats(train_x)
     if path is not None:
         try:
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"n": len(train_x), "mean": mean, "std": std}), encoding="utf-8")
-            os.replace(tmp, path)
+            atomic.write_text(path, json.dumps({"n": len(train_x), "mean": mean, "std": std}))
         except OSError:
             pass  # only a speed-up
     return mean, std
@@ -561,7 +554,7 @@ def load_data(dataset: str, data_root: str | os.PathLike | None = None, source: 
     """
     spec = get_spec(dataset)
     src = resolved or resolve_source(dataset, data_root, source, download)
-    a = load_arrays(dataset, src, data_root, download)
+    a = load_arrays(dataset, src, download)
     train_x, train_y = a.train_x, a.train_y
     val_x = val_y = None
     info: dict = {"source": src.description, "source_id": src.id}
@@ -661,10 +654,6 @@ class DeviceLoader:
             return math.ceil(n / self.batch_size)
         return math.ceil(self._shard(n)[1] / self.batch_size) if n else 0
 
-    @property
-    def num_samples(self) -> int:
-        return len(self.labels)
-
     def _shard(self, n: int) -> tuple[int, int]:
         """[lo, hi) of this rank's part of n items, as equal as possible."""
         lo = self.rank * n // self.world_size
@@ -702,8 +691,8 @@ class DeviceLoader:
     @contextlib.contextmanager
     def _few_threads(self):
         """On CPU, prepare a batch in one thread: these ops are tiny, and when the cores are shared
-        with other processes a multi-threaded tiny op waits for a descheduled thread (measured here:
-        0.4 ms per batch in one thread, 40-70 ms in two on a busy 2-core machine)."""
+        with other processes a multi-threaded tiny op waits for a descheduled thread (README,
+        "Performance notes")."""
         if self.images.device.type != "cpu" or torch.get_num_threads() == 1:
             yield
             return

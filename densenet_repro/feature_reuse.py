@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from densenet_repro import stats
+from densenet_repro import atomic, stats
 from densenet_repro.models.densenet import DenseNet, _DenseBlock, _Transition
 
 SPREAD_THRESHOLD = 0.5  # observations 1 and 2: a target "spreads" its weight when it uses > half its inputs
@@ -238,11 +238,9 @@ def save_snapshot(maps: list[BlockMap], path) -> bool:
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps([{"block": m.block, "extra": m.extra,
-                                "raw": [[None if np.isnan(v) else float(v) for v in row] for row in m.raw]}
-                               for m in maps]), encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, json.dumps([{"block": m.block, "extra": m.extra,
+                                         "raw": [[None if np.isnan(v) else float(v) for v in row] for row in m.raw]}
+                                        for m in maps]))
     return True
 
 

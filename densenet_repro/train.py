@@ -45,6 +45,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from densenet_repro import atomic
 from densenet_repro import data as data_lib
 from densenet_repro.budgets import BUDGETS
 from densenet_repro.errors import (CheckpointError, ConfigError, OutputNotWritableError, ResultFileError,
@@ -330,31 +331,9 @@ def _convert_bn(module: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------------------------
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old or the new file
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file, then os.replace: a kill never leaves a half-written checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """torch.save, atomically: a kill never leaves a half-written checkpoint."""
+    atomic.save_torch(state, path)
 
 
 def load_checkpoint(path: Path, expected_hash: str) -> dict[str, Any]:
@@ -601,7 +580,7 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({c: r.get(c, "") for c in cols})
-    atomic_write_text(path, buf.getvalue())
+    atomic.write_text(path, buf.getvalue())
 
 
 def _summarise(config: RunConfig, h: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
@@ -951,7 +930,7 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
         cfg = config.to_dict() | {"config_hash": h, "data_source_id": source.id, "data_source": source.description,
                                   "versions": versions(), "world_size": d.world, "params": s.n_params,
                                   "commit": commit + ("+changes" if dirty else "")}
-        atomic_write_text(run_dir / "config.json", json.dumps(cfg, indent=1, default=str) + "\n")
+        atomic.write_text(run_dir / "config.json", json.dumps(cfg, indent=1, default=str) + "\n")
         if s.rows:
             _write_metrics(run_dir / "metrics.csv", s.rows)  # drop rows of an epoch the checkpoint lacks
     bar = _use_bar(config.progress) and d.main
@@ -995,7 +974,7 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
         "torch": torch.__version__})
     if d.main:
         save_checkpoint(run_dir / WEIGHTS, s.model.state_dict())
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+        atomic.write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
         ckpt_path.unlink(missing_ok=True)  # finished: the summary and the final weights are what is kept
         say(f"{name}: done; final test error {summary['final_test_error_pct']:.2f}%, best "
             f"{summary['best_test_error_pct']:.2f}% (epoch {summary['best_epoch']}), "
