@@ -57,9 +57,8 @@ class Scale:
 # --- the headline cell ------------------------------------------------------------------------
 # The paper's own DenseNet (L = 40, k = 12, 1.0M parameters) on C10+: all 50,000 training and
 # 10,000 test images, the paper's recipe with the step schedule scaled to 30 epochs (LR 0.1, /10
-# at epochs 16 and 23), fp32 as the paper trained. Hours on a 2-core CPU (measured here on an
-# AVX2-only EPYC: 2.05 s per step of 64 images with both cores, ~27 min per epoch), minutes on a
-# GPU; `python -m densenet_repro table2 --headline` trains it, resuming from its checkpoint, into
+# at epochs 16 and 23), fp32 as the paper trained. Hours on a 2-core CPU, minutes on a GPU (README,
+# "Performance notes"); `python -m densenet_repro table2 --headline` trains it, resuming from its checkpoint, into
 # results/table2/ so that the checkpoint of an unfinished run is committed at one path.
 HEADLINE = dict(model="densenet40_k12", dataset="c10+", epochs=30, amp="none")
 HEADLINE_TARGET_PCT = 9.0  # final test error at 30 epochs (the paper: 5.24 at 300)
@@ -77,14 +76,12 @@ def headline_config(*, data_root: str | None = None, device: str = "auto", resul
 # budgets.COMPARISON_SEEDS. The depths keep each family's design (DenseNet: 3x3 convs, no compression, 16-map
 # stem; DenseNet-BC: 1x1 bottleneck to 4k maps, compression 0.5, 2k stem), k = 12, two layers per
 # block, and about the same size: L = 10 DenseNet, 37,762 parameters; L = 16 DenseNet-BC, 44,410.
-# Sized from speeds measured on a 2-core AVX2 EPYC in fp32 with both cores: 0.25-0.31 s per step
-# of 64 images for these models (a DenseNet-40 step: 2.05 s), so the 8 runs take about 50 min there
-# on a quiet machine (several times that while other jobs share it).
+# Sized so that the 8 runs take under an hour on two quiet CPU cores in fp32 (README, "Performance notes").
 CPU_EPOCHS = 2
 CPU_ROWS = {"densenet40_k12": Scale(depth=10, epochs=CPU_EPOCHS),
             "densenet_bc100_k12": Scale(depth=16, epochs=CPU_EPOCHS)}
 # smoke: toy depths, 2 epochs, synthetic data (640 training / 320 test images); one thread, since
-# for models this small a second thread only adds synchronisation (and stalls on a busy machine).
+# for models this small a second thread only adds synchronisation.
 SMOKE_ROWS = {"densenet40_k12": Scale(depth=10, epochs=2, num_threads=1),
               "densenet_bc100_k12": Scale(depth=16, epochs=2, num_threads=1)}
 SMOKE_COLUMNS = ("c10", "c10+", "c100+", "svhn")  # one of each kind: dropout, augmentation, 100 classes, val split

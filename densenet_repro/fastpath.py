@@ -10,13 +10,13 @@ picks (amp; the engine itself never changes a run's precision, which is part of 
                                               replayed as a CUDA graph; plain blocks
     several CUDA processes (DDP)              the same without compilation
 
-Evidence (results/bench/, notebook 06, README "Performance notes"): on a Sapphire Rapids (AMX) the
-CPU fast path trained DenseNet-BC-100 x4.3 faster than naive eager fp32; the fast blocks compute
-the same function as the plain blocks (tests/test_fast_dense.py); torch.compile adds minutes of
-compilation on a small CPU and nothing measurable on top of them. On an AVX2-only EPYC a bf16
-matmul ran >100x slower than fp32 and the fast blocks were slower than the plain ones in fp32
-(DenseNet-40, batch 64, 2 threads: 2.21 against 2.05 s per step). On a GPU a DenseNet step at
-batch 64 is ~1,500 small kernels: launches, not FLOPs, set its time, which CUDA graphs remove.
+Why (numbers: results/bench/, notebook 06, README "Performance notes"): with native bf16 the CPU
+fast path trains DenseNet-BC-100 several times faster than naive eager fp32, and the fast blocks
+compute the same function as the plain blocks (tests/test_fast_dense.py); torch.compile adds
+minutes of compilation on a small CPU and nothing measurable on top of them. Without native bf16,
+bf16 is emulated (a matmul >100x slower than fp32) and the fast blocks do not beat the plain ones in
+fp32. On a GPU a DenseNet step at batch 64 is ~1,500 small kernels: launches, not FLOPs, set its
+time, which CUDA graphs remove.
 
 Use:
 

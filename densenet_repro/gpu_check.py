@@ -3,8 +3,8 @@
     python -m densenet_repro gpu-check [--data-root data] [--limit-s 540] [--phases env,tests,epochs,headline]
 
 Phases, each with its own time limit (a phase that overruns is stopped, recorded as such, and the
-next one starts), everything written under one folder, $OUT when set (the device machine's), else
-results/gpu/:
+next one starts), everything written under one folder: $OUT when set (a remote runner that copies
+back $OUT gets every file), else results/gpu/:
 
     env       the GPU, torch/CUDA versions and the commit                           (env.json)
     tests     the tests marked `cuda`: each engine mode for a short epoch, kill and

@@ -12,7 +12,7 @@ A notebook calls two functions from this module:
 
 `start` validates the parameters (unknown budget, unusable device -> one-line ValueError), seeds
 python/numpy/torch, makes the repository root the working directory (so relative paths such as
-`data_root="../shared/data"` or `results/...` mean the same in Jupyter, in the report pipeline and
+`data_root="data"` or `results/...` mean the same in Jupyter, in the report pipeline and
 on the command line) and displays the provenance block: budget and what it means, dataset source,
 hardware, library versions, git commit, start time.
 
@@ -24,7 +24,8 @@ knows (wall time, status) to the provenance block, and builds reports/index.{htm
 notebook ran), so that a report goes stale when that code changes, not only when its notebook or
 result files do.
 
-This module must import without papermill/nbconvert (the GPU machine lacks them).
+This module must import without papermill/nbconvert: train.py, bench.py and gpu_check.py import it,
+and an environment set up only to train need not have them.
 """
 
 from __future__ import annotations

@@ -3,9 +3,8 @@
 import torch
 
 # One intra-op thread: the tests run tiny tensors, where a second OpenMP thread only adds
-# synchronisation, and on a 2-core machine shared with other work a multi-threaded op waits for
-# a descheduled thread (measured here: DenseNet-100 forward+backward on a 2x3x8x8 batch took
-# 10 s with two threads on a busy machine, 0.3 s with one).
+# synchronisation, and when the cores are shared with other work a multi-threaded op waits for a
+# descheduled thread (README, "Performance notes").
 torch.set_num_threads(1)
 
 

@@ -206,7 +206,7 @@ def test_targets_can_fail(tiny_result):
     r = _with_speed(r, "cifar", "fast_bf16_cl", fast)
     ok = _with_speed(_with_speed(r, "cifar", "ours_memeff", [90.0] * n), "cifar", "ours_memeff_bf16_cl", [90.0] * n)
     assert _met(ok, "--memory-efficient at most 25% slower")
-    # the engine's --memory-efficient at 45% of the fast mode: fails (it did, silently, before)
+    # the engine's --memory-efficient at 45% of the fast mode's speed must fail the target
     slow = _with_speed(ok, "cifar", "ours_memeff", [45.0] * n)
     assert not _met(slow, "--memory-efficient at most 25% slower")
     # a result without the memory-efficient rows cannot meet the target

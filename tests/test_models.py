@@ -11,7 +11,7 @@ import densenet_repro
 from densenet_repro import DenseNet, create_model, list_models
 from densenet_repro.models.registry import FAMILY_MODELS, CIFAR_MODELS, IMAGENET_MODELS, PAPER_PARAMS
 
-# Exact counts of torchvision's ImageNet DenseNets (densenet-facts.md).
+# Exact parameter counts of torchvision's ImageNet DenseNets (torchvision.models.densenet121() etc.).
 TORCHVISION_PARAMS = {"densenet121": 7_978_856, "densenet161": 28_681_000,
                       "densenet169": 14_149_480, "densenet201": 20_013_928}
 
