@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from densenet_repro import paper
 from densenet_repro.models import DenseNet, create_model
 from densenet_repro.models.registry import PAPER_PARAMS
 
@@ -39,18 +40,8 @@ EQUIVALENCE_MODELS = ("densenet121", "densenet161", "densenet169", "densenet201"
 PAPER_TABLE3_TOP1_SINGLE_CROP = {"densenet121": 25.02, "densenet169": 23.80, "densenet201": 22.58,
                                  "densenet264": 22.15}
 
-# Row labels of the paper's Table 2 (labels only; the numbers come from PAPER_PARAMS / the models).
-TABLE2_LABELS = {
-    "densenet40_k12": ("DenseNet (k = 12)", 40),
-    "densenet100_k12": ("DenseNet (k = 12)", 100),
-    "densenet100_k24": ("DenseNet (k = 24)", 100),
-    "densenet_bc100_k12": ("DenseNet-BC (k = 12)", 100),
-    "densenet_bc250_k24": ("DenseNet-BC (k = 24)", 250),
-    "densenet_bc190_k40": ("DenseNet-BC (k = 40)", 190),
-    "resnet110": ("ResNet", 110),
-    "preact_resnet164": ("ResNet (pre-activation)", 164),
-    "preact_resnet1001": ("ResNet (pre-activation)", 1001),
-}
+# Row labels of the paper's Table 2 (the method as printed, and L), from densenet_repro.paper.
+TABLE2_LABELS = {r.model: (r.method, r.depth) for r in paper.TABLE2 if r.model}
 
 
 def _pretty(name: str) -> str:
@@ -203,17 +194,17 @@ def param_table(names: Iterable[str] | None = None, num_classes: int = 10):
     rows = []
     for name in names or PAPER_PARAMS:
         n = count_params(build(name, num_classes=num_classes))
-        paper = PAPER_PARAMS[name]
+        quoted = PAPER_PARAMS[name]
         label, depth = TABLE2_LABELS.get(name, (name, None))
         rows.append({
             "model": name,
             "Table 2 row": label,
             "depth": depth,
-            "paper params (quoted)": paper,
+            "paper params (quoted)": quoted,
             "ours (exact)": n,
             "ours (rounded)": f"{n / 1e6:.1f}M",
-            "rounds to paper": f"{n / 1e6:.1f}M" == paper,
-            "deviation (%)": round(100 * (n / 1e6 / _paper_millions(paper) - 1), 2),
+            "rounds to paper": f"{n / 1e6:.1f}M" == quoted,
+            "deviation (%)": round(100 * (n / 1e6 / _paper_millions(quoted) - 1), 2),
         })
     return pd.DataFrame(rows)
 

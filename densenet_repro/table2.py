@@ -19,7 +19,6 @@ from densenet_repro.data import get_spec
 
 PAPER_ERRORS: dict[str, dict[str, float | None]] = {
     r.model: {c: r.error(c) for c in paper.COLUMNS} for r in paper.DENSENET_ROWS}
-PAPER_PARAMS = {r.model: r.params for r in paper.DENSENET_ROWS}
 
 # How close counts as "reproduced" at the paper budget, in points of error. The authors note
 # run-to-run differences "up to 1%" on C100; independent reproductions of DenseNet-BC-100 on
@@ -77,7 +76,7 @@ def comparison_table(cells: list[dict[str, Any]], budget: str, only_run: bool = 
         if only_run and "summary" not in c:
             continue
         quoted = PAPER_ERRORS[c["model"]][c["dataset"]]
-        row = {"Method (paper)": c["label"], "Depth": c["depth"], "Params (paper)": PAPER_PARAMS[c["model"]],
+        row = {"Method (paper)": c["label"], "Depth": c["depth"], "Params (paper)": paper.row(c["model"]).params,
                "Dataset": get_spec(c["dataset"]).title, "Paper error % (quoted)": f"{quoted:.2f}"}
         if "summary" in c:
             s = c["summary"]

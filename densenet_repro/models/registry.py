@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch.nn as nn
 
+from densenet_repro import paper
 from densenet_repro.models import densenet, resnet
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {
@@ -36,20 +37,10 @@ _FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "plain_cnn": resnet.plain_cnn,
 }
 
-# Parameter counts as printed in the paper's Table 2 (10 classes), quoted, for comparison with
-# the exact counts of our models (notebook 01, tests/test_models.py).
-PAPER_PARAMS: dict[str, str] = {
-    "densenet40_k12": "1.0M",
-    "densenet100_k12": "7.0M",
-    "densenet100_k24": "27.2M",
-    "densenet_bc100_k12": "0.8M",
-    "densenet_bc250_k24": "15.3M",
-    "densenet_bc190_k40": "25.6M",
-    "resnet110": "1.7M",
-    "preact_resnet164": "1.7M",
-    "preact_resnet1001": "10.2M",
-}
-
+# Parameter counts as printed in the paper's Table 2 (quoted in densenet_repro.paper), DenseNets first,
+# for comparison with the exact counts of our models (notebook 01, tests/test_models.py).
+PAPER_PARAMS: dict[str, str] = {r.model: r.params for r in sorted(paper.TABLE2, key=lambda r: not r.is_densenet)
+                                if r.model}
 CIFAR_MODELS = tuple(PAPER_PARAMS)
 FAMILY_MODELS = ("densenet", "densenet_b", "densenet_c", "densenet_bc", "resnet", "preact_resnet", "plain_cnn")
 IMAGENET_MODELS = ("densenet121", "densenet161", "densenet169", "densenet201", "densenet264")
