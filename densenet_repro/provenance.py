@@ -147,7 +147,8 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def loaded_code(root: Path | None = None) -> dict[str, str]:
-    """sha256 of every densenet_repro source file imported in this process (path relative to the repo)."""
+    """sha256 of every densenet_repro source file imported in this process (path relative to the repo),
+    with the C++ source that a module builds (models/fast_dense_cpu.cpp beside fast_dense_cpu.py)."""
     root = root or repo_root()
     out = {}
     for name, mod in sorted(sys.modules.items()):
@@ -157,11 +158,13 @@ def loaded_code(root: Path | None = None) -> dict[str, str]:
         if not f or not f.endswith(".py") or not os.path.isfile(f):
             continue
         p = Path(f).resolve()
-        try:
-            key = p.relative_to(root).as_posix() if root is not None else p.as_posix()
-        except ValueError:
-            key = p.as_posix()
-        out[key] = sha256_file(p)
+        # a module's non-Python sources (the fast blocks' .cpp) are its code too
+        for src in [p] + sorted(p.parent.glob(f"{p.stem}.cpp")):
+            try:
+                key = src.relative_to(root).as_posix() if root is not None else src.as_posix()
+            except ValueError:
+                key = src.as_posix()
+            out[key] = sha256_file(src)
     return out
 
 

@@ -336,3 +336,10 @@ def test_committed_index_coverage_is_recomputable():
         "re-render the index: its coverage table is not what the reports record"
     planned = {c["item"] for c in index["coverage"] if c["status"] == "planned"}
     assert {"Table 3", "Figure 4 (left)", "Figure 5"} <= planned
+
+
+def test_the_code_hashes_include_the_cpp_source_a_module_builds():
+    import densenet_repro.models.fast_dense_cpu  # noqa: F401 - imported by notebook 06 through the engine
+
+    code = provenance.loaded_code()
+    assert "densenet_repro/models/fast_dense_cpu.cpp" in code and "densenet_repro/models/fast_dense_cpu.py" in code
