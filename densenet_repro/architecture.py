@@ -17,6 +17,10 @@ Nothing here is typed in except what is quoted from the paper or from torchvisio
 
 Shapes, parameter counts and FLOPs need no numbers, so the models are built on the "meta" device:
 no memory, no initialisation cost, a 224x224 forward pass of DenseNet-264 in well under a second.
+
+Why one module (~560 lines): it is notebook 01's module, as figure4.py, feature_reuse.py and
+deep_supervision.py serve notebooks 03-05: each function is one of its tables or figures, and
+`verdicts` and `coverage_entries` read them all together.
 """
 
 from __future__ import annotations

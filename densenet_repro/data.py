@@ -27,6 +27,10 @@ device as uint8 (CIFAR-10: 150 MB), and each batch is gathered, normalised, padd
 flipped there with a few batched tensor ops, with the randomness drawn from a generator seeded by
 (seed, epoch). The same code runs on CPU and CUDA, and a run resumed at epoch e draws exactly the
 batches the uninterrupted run would have.
+
+Why one module (~700 lines): it is one path, from a dataset name to augmented batches on the
+device (spec, source, decoding and the .npy cache, splits and statistics, DeviceLoader); each stage
+feeds the next, and callers use only its ends (get_spec, resolve_source, load_data, the loaders).
 """
 
 from __future__ import annotations

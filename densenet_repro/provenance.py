@@ -24,7 +24,7 @@ knows (wall time, status) to the provenance block, and builds reports/index.{htm
 notebook ran), so that a report goes stale when that code changes, not only when its notebook or
 result files do.
 
-This module must import without papermill/nbconvert: train.py, bench.py and gpu_check.py import it,
+This module must import without papermill/nbconvert: train.py, bench/ and gpu_check.py import it,
 and an environment set up only to train need not have them.
 """
 

@@ -30,6 +30,10 @@ exit 2.
 their notebook, result files or package code (tests/test_reports.py fails on a stale committed report).
 
 papermill and nbconvert are imported lazily: the rest of the package must import without them.
+
+Why one module (~650 lines): rendering and the staleness check are two halves of one
+contract: the index rows (index.json) that a render writes are what stale_reports and the
+index page read, so the row format and both of its readers stay together.
 """
 
 from __future__ import annotations

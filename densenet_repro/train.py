@@ -22,6 +22,11 @@ computes on the whole batch of 64, as in the paper; without it each process norm
 64/N images, which changes the regularisation of small batches. On CUDA this uses
 nn.SyncBatchNorm; on CPU (gloo), where nn.SyncBatchNorm does not run, a small all-reduce
 BatchNorm below.
+
+Why one module (~1,000 lines): it is the one training loop, kept in one file to be read top to
+bottom like nanoGPT's train.py: the recipe (RunConfig and its hash), the model, optimizer and step where
+every speed knob acts, run directories and checkpoints, the distributed helpers and the loop are the
+parts of one run, and the hash, the checkpoint and the loop change together.
 """
 
 from __future__ import annotations

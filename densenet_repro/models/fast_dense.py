@@ -48,6 +48,10 @@ Kernels: on CPU the fused passes are C++ (fast_dense_cpu.py, built on first use)
 device, or with `kernels="torch"`, they are plain PyTorch ops (same math, for CUDA and for tests).
 In eval mode with gradients disabled the block runs the same buffer-based forward with running
 statistics; in eval mode with gradients enabled it runs the plain forward.
+
+Why one module (~550 lines): the forward and the hand-written backward of `_FastBlockFn`, the
+shared-statistics transition and `convert` all rely on one buffer layout and one set of saved
+statistics, derived once above; apart, a change to one could silently break another's gradients.
 """
 
 from __future__ import annotations
