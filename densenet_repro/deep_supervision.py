@@ -19,6 +19,7 @@ residual blocks, the plain CNN's blocks of two convs.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -133,10 +134,20 @@ PROBE_IMAGES = {"smoke": 320, "cpu": 2000, "paper": 10000}  # held-out test imag
 
 
 def normalised_images(data, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images of a split, as the network sees them: class-balanced and in a fixed random order.
+
+    A dataset may be stored sorted by class (the image-folder copy of CIFAR-10 is): its first n images
+    would be one or two classes, and a probe fitted on one half and scored on the other would see
+    different classes.
+    """
+    from densenet_repro.data import balanced_subset
+
     x, y = (data.train_x, data.train_y) if split == "train" else (data.test_x, data.test_y)
+    idx = np.random.default_rng(0).permutation(balanced_subset(y.cpu().numpy(), n, data.num_classes))
+    idx = torch.from_numpy(idx)
     mean = torch.tensor(data.mean).view(1, 3, 1, 1)
     std = torch.tensor(data.std).view(1, 3, 1, 1)
-    return (x[:n].float() / 255 - mean) / std, y[:n].long()
+    return (x[idx].float() / 255 - mean) / std, y[idx].long()
 
 
 def measure(networks: dict[str, tuple[nn.Module, nn.Module]], data, probe_images: int):
@@ -161,7 +172,7 @@ def measure(networks: dict[str, tuple[nn.Module, nn.Module]], data, probe_images
             for i, (lname, g, acc) in enumerate(zip(names, per_batch.mean(0), probes)):
                 rows.append({"network": name, "state": state, "layer": i + 1, "layer name": lname,
                              "depth fraction": depth_fraction(len(names))[i], "gradient RMS": g,
-                             "probe accuracy (%)": acc})
+                             "probe accuracy (%)": acc, "probe images scored": probe_images - probe_images // 2})
     return pd.DataFrame(rows), ratios
 
 
@@ -191,6 +202,7 @@ def probe_summary(df, first_fraction: float = 0.5) -> Any:
     for (name, state), sub in df.groupby(["network", "state"], sort=False):
         early = sub[sub["depth fraction"] <= first_fraction]["probe accuracy (%)"]
         rows.append({"network": name, "state": state, "layers": len(sub),
+                     "probe images scored": int(sub["probe images scored"].iloc[0]),
                      "probe accuracy, first half of the layers (%)": round(float(early.mean()), 1),
                      "probe accuracy, last layer (%)": round(float(sub["probe accuracy (%)"].iloc[-1]), 1)})
     return pd.DataFrame(rows)
@@ -263,11 +275,18 @@ def conclusion(gradients, probes, dense: str) -> str:
     trained = gradients[gradients["state"] == "trained"]
     verdicts = list(trained.iloc[:, -1])
     holds = sum(v == "holds" for v in verdicts)
-    p = probes[probes["state"] == "trained"].set_index("network")["probe accuracy, first half of the layers (%)"]
+    trained_probes = probes[probes["state"] == "trained"]
+    p = trained_probes.set_index("network")["probe accuracy, first half of the layers (%)"]
     best = p.idxmax()
-    return (f"After training, the loss gradient reaches {dense}'s first layer relatively more strongly than it "
-            f"reaches the first layer of {holds} of the {len(verdicts)} other networks (verdicts: "
+    # 95% binomial half-width of one accuracy on the scored images: differences below it are noise
+    n = int(trained_probes["probe images scored"].iloc[0])
+    half = 1.96 * math.sqrt(p.max() / 100 * (1 - p.max() / 100) / n) * 100
+    runner_up = p.drop(best).max()
+    margin = ("more than" if p.max() - runner_up > half else "within")
+    return (f"After training, the loss gradient reaches the first layer of {dense} relatively more strongly (against "
+            f"its last layer) than it reaches the first layer of {holds} of the {len(verdicts)} other networks (verdicts: "
             f"{', '.join(verdicts)}). The linear probes on the first half of the layers are most accurate for "
-            f"{best} ({p.max():.1f}% against {', '.join(f'{v:.1f}%' for n, v in p.items() if n != best)}). "
+            f"{best} ({p.max():.1f}% against {', '.join(f'{v:.1f}%' for k, v in p.items() if k != best)}), "
+            f"{margin} the +-{half:.1f} points that {n} scored images allow. "
             "Short paths to the loss predict both; one network per family and a short schedule make this a "
             "measurement of these networks, not a test over training runs.")

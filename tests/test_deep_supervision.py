@@ -57,3 +57,15 @@ def test_gradient_claims_compare_log_ratios_with_intervals():
     rows = ds.gradient_claims(ratios, "D", ["R"])
     verdicts = {r["state"]: r["verdict: the DenseNet's first layer gets relatively more"] for r in rows}
     assert verdicts == {"initialisation": "inconclusive at this budget", "trained": "holds"}
+
+
+def test_measurement_images_mix_the_classes_even_when_the_dataset_is_sorted_by_class():
+    from types import SimpleNamespace
+
+    y = torch.arange(10).repeat_interleave(50)  # sorted by class, as the image-folder copy is
+    data = SimpleNamespace(test_x=torch.zeros(500, 3, 4, 4, dtype=torch.uint8), test_y=y, mean=[0.5] * 3,
+                           std=[0.25] * 3, num_classes=10)
+    _, labels = ds.normalised_images(data, "test", 100)
+    first, second = labels[:50], labels[50:]
+    assert torch.bincount(labels, minlength=10).tolist() == [10] * 10
+    assert len(set(first.tolist())) >= 8 and len(set(second.tolist())) >= 8  # both probe halves see most classes
