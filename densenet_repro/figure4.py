@@ -36,6 +36,9 @@ def runs_frame(runs: dict[tuple[Point, int], dict[str, Any]]):
     """One row per finished run: the network, its size and its errors."""
     import pandas as pd
 
+    columns = ["variant", "network", "model", "depth", "k", "width", "parameters", "seed", "epochs",
+               "final test error (%)", "best test error (%)", "final train loss", "training time (min)",
+               "device", "precision"]
     rows = []
     for (p, seed), s in runs.items():
         kw = p.model_kwargs
@@ -45,7 +48,7 @@ def runs_frame(runs: dict[tuple[Point, int], dict[str, Any]]):
                      "final test error (%)": s["final_test_error_pct"], "best test error (%)": s["best_test_error_pct"],
                      "final train loss": s["final_train_loss"], "training time (min)": round(s["wall_time_s"] / 60, 1),
                      "device": s["device"], "precision": s["amp"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)  # the columns also when no run has finished yet
 
 
 def with_flops(df):
@@ -64,7 +67,7 @@ def with_flops(df):
             cache[key] = round(architecture.macs(create_model(row["model"], **kw), image_size=32) / 1e6, 2)
         return cache[key]
 
-    return df.assign(**{"MMACs per image": [mmacs(r) for _, r in df.iterrows()]} if len(df) else {})
+    return df.assign(**{"MMACs per image": [mmacs(r) for _, r in df.iterrows()]})
 
 
 def summary_table(df):

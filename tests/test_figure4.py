@@ -76,3 +76,16 @@ def test_every_cpu_plan_point_builds_and_names_its_size():
     # the variants of Figure 4 left keep equal layers per block: L = 3n + 4 or 6n + 4
     depths = {(p.group, p.model_kwargs["depth"]) for p in sweeps.FIG4_LEFT["cpu"]}
     assert ("DenseNet", 13) in depths and ("DenseNet-BC", 22) in depths
+
+
+def test_every_table_and_claim_renders_before_any_run_has_finished():
+    df = figure4.with_flops(figure4.runs_frame({}))
+    assert len(figure4.summary_table(df)) == 0
+    table, verdict = figure4.efficiency_by_range(df)
+    assert verdict.startswith(stats.INCONCLUSIVE)
+    assert figure4.parameter_ratio(df)["verdict"].startswith(stats.INCONCLUSIVE)
+    assert all(c["verdict"] == stats.INCONCLUSIVE for c in figure4.curves_claims({}))
+    from densenet_repro import paper
+
+    assert len(figure4.resnet_rows(df, "cpu")) == sum("ResNet" in r.method for r in paper.TABLE2)  # quoted only
+    assert len(figure4.per_epoch({})) == 0
