@@ -330,3 +330,18 @@ def coverage_entries(budget: str, info: dict) -> list[dict]:
     note = (f"the paper's network, trained {info['epoch']} of {info['epochs']} epochs"
             + ("" if info["finished"] else " (run in progress)"))
     return [coverage.entry("Figure 5", "weight heat maps", "scaled", note, budget=budget)]
+
+
+def untrained_caveat(table) -> str:
+    """Which observations the untrained network satisfies as well: those say nothing about what training did."""
+    untrained = [c for c in table.columns if c.startswith("untrained")]
+    trained = table.columns[2]
+    if not untrained:
+        return ""
+    both = [str(i + 1) for i, (_, r) in enumerate(table.iterrows())
+            if r[trained].endswith(": holds") and r[untrained[0]].endswith(": holds")]
+    if not both:
+        return "No observation that holds for the trained network holds for the untrained one as well."
+    return (f"Observation(s) {', '.join(both)} hold for the untrained network as well: a freshly initialised layer "
+            f"already reads all its inputs about equally, so at this point of training they show the "
+            f"initialisation, not what training made of it.")

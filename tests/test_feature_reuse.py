@@ -108,3 +108,10 @@ def test_a_run_without_weights_or_checkpoint_is_a_one_line_error(tmp_path):
 
     with pytest.raises(CheckpointError, match="train it first"):
         fr.run_state(tmp_path)
+
+
+def test_observations_the_untrained_network_shares_are_named():
+    uniform = fr.heat_maps(tiny(lambda b, s, t: 1.0 + 0.01 * ((s + t) % 3)))
+    table = fr.observations_table({"trained": uniform, "untrained (initialisation)": uniform})
+    assert fr.untrained_caveat(table).startswith("Observation(s) 1, 2 hold for the untrained network as well")
+    assert fr.untrained_caveat(fr.observations_table({"trained": uniform})) == ""
