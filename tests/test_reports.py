@@ -335,7 +335,8 @@ def test_committed_index_coverage_is_recomputable():
     assert index.get("coverage") == coverage.coverage_rows(index["reports"], ROOT), \
         "re-render the index: its coverage table is not what the reports record"
     planned = {c["item"] for c in index["coverage"] if c["status"] == "planned"}
-    assert {"Table 3", "Figure 4 (left)", "Figure 5"} <= planned
+    assert "Table 3" in planned  # no ImageNet training here
+    assert not {"Figure 4 (left)", "Figure 4 (middle)", "Figure 5"} & planned  # notebooks 03-05 record them
 
 
 def test_the_code_hashes_include_the_cpp_source_a_module_builds():
