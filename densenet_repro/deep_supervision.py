@@ -229,18 +229,14 @@ def figure(df):
 
 def networks(runs: dict) -> dict[str, tuple[nn.Module, nn.Module]]:
     """{network label: (the same architecture at a fresh initialisation of the run's seed, the trained run)}."""
-    from pathlib import Path
-
     from densenet_repro import create_model
-    from densenet_repro.train import WEIGHTS
+    from densenet_repro.train import load_run_weights
 
     out = {}
     for (p, seed), s in runs.items():
         torch.manual_seed(seed)
         untrained = create_model(p.model, **p.model_kwargs)
-        trained = create_model(p.model, **p.model_kwargs)
-        state = torch.load(Path(s["run_dir"]) / WEIGHTS, map_location="cpu", weights_only=True)
-        trained.load_state_dict({k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()})
+        trained, _, _ = load_run_weights(s["run_dir"], create_model(p.model, **p.model_kwargs))
         n = sum(t.numel() for t in trained.parameters())
         out[f"{p.label()}, {n / 1e3:.0f}k params"] = (untrained, trained)
     return out

@@ -194,39 +194,11 @@ def figure(maps: list[BlockMap], title: str = ""):
     return fig
 
 
-def load_weights(path, model: nn.Module) -> nn.Module:
-    """A model's weights from a finished run's weights.pt or a checkpoint.pt (its `model` entry)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    return load_weights_state(state, model)
-
-
 # ----------------------------------------------------------------------------------------------
 # The networks of Figure 5: the headline run as it stands, earlier snapshots of it, untrained
 # ----------------------------------------------------------------------------------------------
 
 SNAPSHOT_DIR = "feature_reuse"  # under results/: the raw maps of each epoch of the headline run seen so far
-
-
-def run_state(run_dir) -> tuple[dict, int, bool]:
-    """(model state, epochs trained, finished) of a run folder: weights.pt if finished, else the checkpoint."""
-    from pathlib import Path
-
-    from densenet_repro.errors import CheckpointError
-    from densenet_repro.train import WEIGHTS
-
-    run_dir = Path(run_dir)
-    if (run_dir / WEIGHTS).is_file():
-        import json
-
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-        return torch.load(run_dir / WEIGHTS, map_location="cpu", weights_only=True), int(summary["epochs"]), True
-    if (run_dir / "checkpoint.pt").is_file():
-        ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-        return ckpt["model"], int(ckpt["epoch"]), False
-    raise CheckpointError(f"{run_dir} has neither {WEIGHTS} nor checkpoint.pt: train it first "
-                          f"(python -m densenet_repro table2 --headline)")
 
 
 def save_snapshot(maps: list[BlockMap], path) -> bool:
@@ -264,7 +236,7 @@ def figure5_maps(budget: str, *, data_root: str | None = None, device: str = "au
 
     from densenet_repro import create_model, experiments, sweeps
     from densenet_repro.budgets import check_budget
-    from densenet_repro.train import locate_run, run_name, train
+    from densenet_repro.train import load_run_weights, locate_run, run_name, train
 
     check_budget(budget)
     if budget == "cpu":
@@ -281,8 +253,8 @@ def figure5_maps(budget: str, *, data_root: str | None = None, device: str = "au
                                  progress="none", out=out, results=results, weights=True)
         cfg = sweeps.config(p, budget, 0, "smoke_figure5")
         folder = Path(runs[(p, 0)]["run_dir"])
-    state, epoch, finished = run_state(folder)
-    trained = load_weights_state(state, create_model(cfg.model, **cfg.model_kwargs))
+    trained, epoch, finished = load_run_weights(folder, create_model(cfg.model, **cfg.model_kwargs),
+                                                "train it first (python -m densenet_repro table2 --headline)")
     maps = heat_maps(trained)
     info = {"run_dir": folder.as_posix(), "epoch": epoch, "epochs": cfg.epochs, "finished": finished,
             "model": cfg.model, "files": [(folder / "metrics.csv").as_posix()]}
@@ -299,13 +271,6 @@ def figure5_maps(budget: str, *, data_root: str | None = None, device: str = "au
     torch.manual_seed(cfg.seed)
     named["untrained (initialisation)"] = heat_maps(create_model(cfg.model, **cfg.model_kwargs))
     return named, info
-
-
-def load_weights_state(state: dict, model: nn.Module) -> nn.Module:
-    """Load a state dict saved by the engine (DDP's module. and compile's _orig_mod. prefixes removed)."""
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
-    model.load_state_dict(state)
-    return model.eval()
 
 
 def source_text(info: dict) -> str:

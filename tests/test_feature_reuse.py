@@ -103,11 +103,13 @@ def test_heat_maps_refuse_a_network_without_dense_blocks():
         fr.heat_maps(create_model("resnet", depth=8))
 
 
-def test_a_run_without_weights_or_checkpoint_is_a_one_line_error(tmp_path):
+def test_figure5_without_the_headline_run_says_how_to_train_it(tmp_path):
     from densenet_repro.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match="train it first"):
-        fr.run_state(tmp_path)
+    for split in ("train", "test"):  # an (empty) image-folder copy, so the data is found and the run is not
+        (tmp_path / "cifar10-jpeg" / split / "airplane").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"train it first \(python -m densenet_repro table2 --headline\)"):
+        fr.figure5_maps("cpu", data_root=str(tmp_path), results=str(tmp_path / "results"), out=str(tmp_path / "runs"))
 
 
 def test_observations_the_untrained_network_shares_are_named():
