@@ -230,7 +230,7 @@ def figure(df):
 def networks(runs: dict) -> dict[str, tuple[nn.Module, nn.Module]]:
     """{network label: (the same architecture at a fresh initialisation of the run's seed, the trained run)}."""
     from densenet_repro import create_model
-    from densenet_repro.train import load_run_weights
+    from densenet_repro.run_weights import load_run_weights
 
     out = {}
     for (p, seed), s in runs.items():

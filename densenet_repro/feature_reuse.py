@@ -236,7 +236,8 @@ def figure5_maps(budget: str, *, data_root: str | None = None, device: str = "au
 
     from densenet_repro import create_model, experiments, sweeps
     from densenet_repro.budgets import check_budget
-    from densenet_repro.train import load_run_weights, locate_run, run_name, train
+    from densenet_repro.run_weights import load_run_weights
+    from densenet_repro.train import locate_run, run_name, train
 
     check_budget(budget)
     if budget == "cpu":

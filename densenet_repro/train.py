@@ -921,27 +921,6 @@ def _save(s: _Session, ckpt_path: Path, h: str, run_dir: Path) -> None:
 WEIGHTS = "weights.pt"  # a finished run's final model state_dict (the checkpoint is dropped then)
 
 
-def load_run_weights(run_dir, model: nn.Module, how_to_train: str = "train that run first"
-                     ) -> tuple[nn.Module, int, bool]:
-    """Load into `model` whatever weights a run folder holds: weights.pt once finished, else the checkpoint's.
-
-    Returns (model in eval mode, epochs trained, finished). The engine saves the state of the model it
-    trained, which DDP prefixes with `module.` and torch.compile with `_orig_mod.`; both are removed, so
-    a run trained on a GPU loads into a bare model.
-    """
-    run_dir = Path(run_dir)
-    if (run_dir / WEIGHTS).is_file():
-        state = torch.load(run_dir / WEIGHTS, map_location="cpu", weights_only=True)
-        epochs, finished = int(json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["epochs"]), True
-    elif (run_dir / "checkpoint.pt").is_file():
-        ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-        state, epochs, finished = ckpt["model"], int(ckpt["epoch"]), False
-    else:
-        raise CheckpointError(f"{run_dir} has neither {WEIGHTS} nor checkpoint.pt: {how_to_train}")
-    model.load_state_dict({k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()})
-    return model.eval(), epochs, finished
-
-
 def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path, dev: torch.device, d: _Dist,
            on_epoch_end) -> dict[str, Any]:
     t_setup = time.perf_counter()

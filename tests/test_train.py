@@ -114,6 +114,7 @@ def test_fast_paths_run(tmp_path):
 
 def test_run_weights_load_from_the_checkpoint_then_the_final_weights_without_wrapper_prefixes(tmp_path):
     from densenet_repro import create_model
+    from densenet_repro.run_weights import load_run_weights
 
     cfg = tiny(tmp_path, epochs=2)
 
@@ -123,17 +124,17 @@ def test_run_weights_load_from_the_checkpoint_then_the_final_weights_without_wra
     with pytest.raises(KeyboardInterrupt):
         T.train(cfg, on_epoch_end=stop)
     run = next((tmp_path / "runs" / "train").iterdir())
-    model, epochs, finished = T.load_run_weights(run, create_model(cfg.model, **cfg.model_kwargs))
+    model, epochs, finished = load_run_weights(run, create_model(cfg.model, **cfg.model_kwargs))
     assert (epochs, finished, model.training) == (1, False, False)
     s = T.train(dataclasses.replace(cfg, resume=True))
     final = torch.load(run / T.WEIGHTS, weights_only=True)
     # what DDP (module.) and torch.compile (_orig_mod.) would have saved loads the same
     torch.save({f"module._orig_mod.{k}": v for k, v in final.items()}, run / T.WEIGHTS)
-    model, epochs, finished = T.load_run_weights(s["run_dir"], create_model(cfg.model, **cfg.model_kwargs))
+    model, epochs, finished = load_run_weights(s["run_dir"], create_model(cfg.model, **cfg.model_kwargs))
     assert (epochs, finished) == (2, True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())
     with pytest.raises(T.CheckpointError, match="neither weights.pt nor checkpoint.pt: train that run first"):
-        T.load_run_weights(tmp_path, create_model(cfg.model, **cfg.model_kwargs))
+        load_run_weights(tmp_path, create_model(cfg.model, **cfg.model_kwargs))
 
 
 def test_unfinished_run_needs_resume_and_is_never_overwritten(tmp_path):

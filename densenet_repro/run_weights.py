@@ -1,0 +1,37 @@
+"""Loading what a training run left behind: a run folder's weights into a bare model.
+
+Kept apart from the engine (train.py), which writes these files and names them: the analyses that
+read trained networks (feature reuse, deep supervision) need only this.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from densenet_repro.errors import CheckpointError
+from densenet_repro.train import CHECKPOINT, WEIGHTS
+
+
+def load_run_weights(run_dir, model: nn.Module, how_to_train: str = "train that run first"
+                     ) -> tuple[nn.Module, int, bool]:
+    """Load into `model` whatever weights a run folder holds: weights.pt once finished, else the checkpoint's.
+
+    Returns (model in eval mode, epochs trained, finished). The engine saves the state of the model it
+    trained, which DDP prefixes with `module.` and torch.compile with `_orig_mod.`; both are removed, so
+    a run trained on a GPU loads into a bare model.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / WEIGHTS).is_file():
+        state = torch.load(run_dir / WEIGHTS, map_location="cpu", weights_only=True)
+        epochs, finished = int(json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["epochs"]), True
+    elif (run_dir / CHECKPOINT).is_file():
+        ckpt = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+        state, epochs, finished = ckpt["model"], int(ckpt["epoch"]), False
+    else:
+        raise CheckpointError(f"{run_dir} has neither {WEIGHTS} nor {CHECKPOINT}: {how_to_train}")
+    model.load_state_dict({k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()})
+    return model.eval(), epochs, finished
