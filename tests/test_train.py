@@ -32,6 +32,17 @@ def tiny(tmp_path: Path, **kw) -> RunConfig:
     return RunConfig(**base)
 
 
+def interrupted_after_one_epoch(cfg: RunConfig) -> Path:
+    """Train `cfg` until its first epoch has been checkpointed, then stop as a Ctrl-C would; its run folder."""
+
+    def stop(epoch, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, on_epoch_end=stop)
+    return next((Path(cfg.out) / cfg.experiment).iterdir())
+
+
 def test_paper_recipe_defaults():
     c = RunConfig(model="densenet40_k12", dataset="c10").resolved()
     assert (c.epochs, c.batch_size, c.lr, c.momentum, c.nesterov, c.weight_decay) == (300, 64, 0.1, 0.9, True, 1e-4)
@@ -118,12 +129,7 @@ def test_run_weights_load_from_the_checkpoint_then_the_final_weights_without_wra
 
     cfg = tiny(tmp_path, epochs=2)
 
-    def stop(epoch, row):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        T.train(cfg, on_epoch_end=stop)
-    run = next((tmp_path / "runs" / "train").iterdir())
+    run = interrupted_after_one_epoch(cfg)
     model, epochs, finished = load_run_weights(run, create_model(cfg.model, **cfg.model_kwargs))
     assert (epochs, finished, model.training) == (1, False, False)
     s = T.train(dataclasses.replace(cfg, resume=True))
@@ -140,12 +146,7 @@ def test_run_weights_load_from_the_checkpoint_then_the_final_weights_without_wra
 def test_unfinished_run_needs_resume_and_is_never_overwritten(tmp_path):
     cfg = tiny(tmp_path, epochs=2)
 
-    def stop(epoch, row):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        T.train(cfg, on_epoch_end=stop)
-    run = next((tmp_path / "runs" / "train").iterdir())
+    run = interrupted_after_one_epoch(cfg)
     before = (run / "checkpoint.pt").read_bytes()
     with pytest.raises(T.RunExistsError, match="--resume"):
         T.train(cfg)
