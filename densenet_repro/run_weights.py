@@ -6,14 +6,13 @@ read trained networks (feature reuse, deep supervision) need only this.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from densenet_repro.errors import CheckpointError
-from densenet_repro.train import CHECKPOINT, WEIGHTS
+from densenet_repro.train import CHECKPOINT, WEIGHTS, read_summary
 
 
 def load_run_weights(run_dir, model: nn.Module, how_to_train: str = "train that run first"
@@ -27,7 +26,7 @@ def load_run_weights(run_dir, model: nn.Module, how_to_train: str = "train that 
     run_dir = Path(run_dir)
     if (run_dir / WEIGHTS).is_file():
         state = torch.load(run_dir / WEIGHTS, map_location="cpu", weights_only=True)
-        epochs, finished = int(json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["epochs"]), True
+        epochs, finished = int(read_summary(run_dir)["epochs"]), True
     elif (run_dir / CHECKPOINT).is_file():
         ckpt = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
         state, epochs, finished = ckpt["model"], int(ckpt["epoch"]), False

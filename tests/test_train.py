@@ -128,7 +128,6 @@ def test_run_weights_load_from_the_checkpoint_then_the_final_weights_without_wra
     from densenet_repro.run_weights import load_run_weights
 
     cfg = tiny(tmp_path, epochs=2)
-
     run = interrupted_after_one_epoch(cfg)
     model, epochs, finished = load_run_weights(run, create_model(cfg.model, **cfg.model_kwargs))
     assert (epochs, finished, model.training) == (1, False, False)
@@ -145,7 +144,6 @@ def test_run_weights_load_from_the_checkpoint_then_the_final_weights_without_wra
 
 def test_unfinished_run_needs_resume_and_is_never_overwritten(tmp_path):
     cfg = tiny(tmp_path, epochs=2)
-
     run = interrupted_after_one_epoch(cfg)
     before = (run / "checkpoint.pt").read_bytes()
     with pytest.raises(T.RunExistsError, match="--resume"):
