@@ -73,6 +73,8 @@ def build_train_parser() -> OneLineParser:
     p.add_argument("--memory-efficient", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--fast-blocks", action=argparse.BooleanOptionalAction, default=None,
                    help="exact fast dense blocks (default: wherever supported, i.e. on CPU)")
+    p.add_argument("--speed-trial", action="store_true",
+                   help="CPU: time a few steps of each exact path (blocks, layout) and train with the fastest")
     p.add_argument("--deterministic", action="store_true")
     p.add_argument("--no-sync-bn", action="store_true", help="DDP: per-process BatchNorm statistics")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
@@ -101,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.model_kwargs:
         cfg.model_kwargs = {**cfg.model_kwargs, **args.model_kwargs}
     cfg.deterministic = cfg.deterministic or args.deterministic
+    cfg.speed_trial = cfg.speed_trial or args.speed_trial
     cfg.sync_bn = not args.no_sync_bn
     cfg.download = not args.no_download
     cfg.out, cfg.results, cfg.resume, cfg.progress = args.out, args.results or None, args.resume, args.progress

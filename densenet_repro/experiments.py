@@ -61,13 +61,18 @@ class Scale:
 # "Performance notes"); `python -m densenet_repro table2 --headline` trains it, resuming from its checkpoint, into
 # results/table2/ so that the checkpoint of an unfinished run is committed at one path.
 HEADLINE = dict(model="densenet40_k12", dataset="c10+", epochs=30, amp="none")
+# The speed trial (train.speed_trial) picks the fastest exact fp32 path of each machine the run meets.
+# Figure 5 is drawn from the final weights and from these epochs: an early one, the last at LR 0.1
+# (the first drop follows epoch 15) and the last at LR 0.01 (the second follows epoch 22).
+HEADLINE_SNAPSHOTS = (3, 15, 22)
 HEADLINE_TARGET_PCT = 9.0  # final test error at 30 epochs (the paper: 5.24 at 300)
 
 
 def headline_config(*, data_root: str | None = None, device: str = "auto", results: str = "results") -> RunConfig:
     """The headline run. It lives in results/ (out=results): its checkpoint is committed as it trains."""
     return RunConfig(**HEADLINE, experiment=EXPERIMENT, out=results, results=results, data_root=data_root,
-                     device=device, budget="cpu", download=False)
+                     device=device, budget="cpu", download=False, speed_trial=True,
+                     keep_weights_at=HEADLINE_SNAPSHOTS)
 
 
 # --- what each budget runs -------------------------------------------------------------------------

@@ -122,6 +122,14 @@ class RunConfig:
     # fused kernels; the same function). None: where the device's fast path uses them and they are
     # supported (a DenseNet on CPU in one process, fastpath.fast_blocks_supported); False: plain.
     fast_blocks: bool | None = option(None)
+    # CPU: time a few steps of each exact path (plain or fast blocks, NCHW or channels-last) at the
+    # start of the process and train with the fastest, for the knobs left None. Which one wins
+    # depends on the CPU (fast + channels-last on AVX-512, plain on some AVX2
+    # parts), and a long resumable run meets several machines; each epoch's row records the path.
+    speed_trial: bool = option(False)
+    # Epochs (1-based) whose weights are kept beside the run as snapshots/epoch_NNN.pt, after the
+    # final weights replace the checkpoint: Figure 5 drawn at several points of training.
+    keep_weights_at: tuple[int, ...] = option(())
     deterministic: bool = option(False)      # deterministic kernels: bit-exact reruns and resumes (slower on GPU)
     device: str = option("auto")             # auto: cuda if available, else cpu
     experiment: str = option("train")        # runs/<experiment>/...
@@ -154,6 +162,9 @@ class RunConfig:
                               ("budget", BUDGETS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
+        epochs = self.resolved().epochs
+        if any(not isinstance(e, int) or not 1 <= e <= epochs for e in self.keep_weights_at):
+            raise ConfigError(f"keep_weights_at must list epochs between 1 and {epochs}, got {list(self.keep_weights_at)}")
         if self.drop_rate is not None and not 0 <= self.drop_rate < 1:
             raise ConfigError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
         parse_device(self.device)
@@ -184,6 +195,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["lr_milestones"] = list(self.lr_milestones)
+        d["keep_weights_at"] = list(self.keep_weights_at)
         return d
 
 
@@ -556,8 +568,10 @@ def _epoch_line(name: str, row: dict[str, Any], epochs: int) -> str:
 
 # compile_time_s: the first compiled step of a process (compilation, CUDA-graph capture), left out
 # of epoch_time_s; the evaluation's compilation falls in that epoch's eval_time_s.
+# hardware and path: what trained this epoch (a resumable run may meet several machines).
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_err_pct", "test_loss", "test_err_pct", "val_loss",
-                  "val_err_pct", "epoch_time_s", "eval_time_s", "train_images_per_s", "compile_time_s"]
+                  "val_err_pct", "epoch_time_s", "eval_time_s", "train_images_per_s", "compile_time_s",
+                  "hardware", "path"]
 
 
 def _evaluate(model: nn.Module, loader: data_lib.DeviceLoader, config: RunConfig, dev, d: _Dist) -> tuple[float, float]:
@@ -719,11 +733,13 @@ class _Session:
     fast_blocks: bool
     n_params: int
     knobs: dict[str, bool]      # channels_last and compile as resolved for this device
+    hardware: str = ""          # hardware_label of this process's device
     rows: list[dict[str, Any]] = field(default_factory=list)  # metrics of the finished epochs
     start_epoch: int = 0
 
 
-def _setup(config: RunConfig, source: data_lib.SourceInfo, dev: torch.device, d: _Dist) -> _Session:
+def _setup(config: RunConfig, source: data_lib.SourceInfo, dev: torch.device, d: _Dist,
+           say: Callable[[str], None] = lambda m: None) -> _Session:
     """Data on the device, the model, its optimizer and scaler; numerics and speed knobs applied."""
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -734,9 +750,11 @@ def _setup(config: RunConfig, source: data_lib.SourceInfo, dev: torch.device, d:
         torch.backends.cudnn.allow_tf32 = True
     if config.batch_size % d.world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {d.world} processes")
-    knobs = speed_knobs(config, dev, d.world)
     data = data_lib.load_data(config.dataset, config.data_root, config.data_source, dev, config.train_subset,
                               config.test_subset, config.download, resolved=source)
+    if config.speed_trial and dev.type == "cpu" and d.world == 1:
+        config = dataclasses.replace(config, **speed_trial(config, data.num_classes, dev, say))
+    knobs = speed_knobs(config, dev, d.world)
     train_loader = data.train_loader(config.batch_size, config.seed, d.rank, d.world, knobs["channels_last"])
     eval_loaders = {split: data.eval_loader(split, config.eval_batch_size, d.rank, d.world, knobs["channels_last"])
                     for split in ("test", "val") if split == "test" or data.val_x is not None}
@@ -760,7 +778,74 @@ def _setup(config: RunConfig, source: data_lib.SourceInfo, dev: torch.device, d:
         step_model = CompiledForOneShape(step_model, config.batch_size // d.world, graphs)
         eval_model = CompiledForOneShape(model, config.eval_batch_size // d.world, graphs)
     return _Session(config, dev, d, data, train_loader, eval_loaders, model, step_model, eval_model, optimizer,
-                    scaler, fast_blocks, n_params, knobs)
+                    scaler, fast_blocks, n_params, knobs, hardware_label(dev))
+
+
+SPEED_TRIAL_STEPS = 3  # timed steps per candidate, after one untimed step that pays for warm-up
+
+
+def speed_trial(config: RunConfig, num_classes: int, dev: torch.device,
+                say: Callable[[str], None]) -> dict[str, bool]:
+    """The fastest exact path on this CPU: {"fast_blocks": ..., "channels_last": ...} for the knobs
+    left None, from SPEED_TRIAL_STEPS timed training steps of each candidate at the run's batch size.
+
+    Every candidate computes the same function in the run's own precision (the fast blocks are exact,
+    tests/test_fast_dense.py; the layout changes only the summation order), so the choice changes
+    speed, not the recipe. The trial trains throw-away copies on random images; the RNG is restored.
+    """
+    from densenet_repro import fastpath
+
+    fast_options = [config.fast_blocks] if config.fast_blocks is not None else [False, True]
+    layouts = [config.channels_last] if config.channels_last is not None else [False, True]
+    probe = build_model(config, num_classes)
+    if True in fast_options and not fastpath.fast_blocks_supported(probe, dev):
+        fast_options = [False]
+    if len(fast_options) * len(layouts) == 1:
+        return {"fast_blocks": fast_options[0], "channels_last": layouts[0]}
+    timings: dict[tuple[bool, bool], float] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        x = torch.randn(config.batch_size, 3, 32, 32, device=dev)
+        y = torch.randint(0, num_classes, (config.batch_size,), device=dev)
+        for fast in fast_options:
+            for cl in layouts:
+                model = build_model(config, num_classes).to(dev)
+                xb = x
+                if cl:
+                    model, xb = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+                if fast:
+                    from densenet_repro.models import fast_dense
+
+                    fast_dense.convert(model)
+                model.train()
+                opt = build_optimizer(config, model)
+                scaler = torch.amp.GradScaler(dev.type, enabled=False)
+                times = []
+                for i in range(SPEED_TRIAL_STEPS + 1):
+                    t0 = time.perf_counter()
+                    train_step(model, opt, scaler, xb, y, len(y), config.amp)
+                    times.append(time.perf_counter() - t0)
+                timings[(fast, cl)] = sorted(times[1:])[len(times[1:]) // 2]  # median of the timed steps
+    best = min(timings, key=timings.get)
+    say("speed trial on " + device_name(dev) + ": " + ", ".join(
+        f"{path_label(f, c, config.amp)} {t:.3g} s/step" for (f, c), t in timings.items())
+        + f"; training with {path_label(*best, config.amp)}")
+    return {"fast_blocks": best[0], "channels_last": best[1]}
+
+
+def path_label(fast_blocks: bool, channels_last: bool, amp: str) -> str:
+    """How a run trains, in words: blocks, memory layout and precision."""
+    return (f"{'fast' if fast_blocks else 'plain'} blocks, {'channels-last' if channels_last else 'NCHW'}, "
+            f"{'fp32' if amp == 'none' else amp}")
+
+
+def hardware_label(dev: torch.device) -> str:
+    """What trained an epoch, in one cell: the GPU, or the CPU with its vector ISA, bf16 and threads."""
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    h = hardware(dev)
+    return (f"{h['cpu']}, {h['cpu_capability']}{', bf16 native' if h['bf16_native'] else ''}, "
+            f"{h['threads']} threads")
 
 
 def speed_knobs(config: RunConfig, dev: torch.device, world: int = 1) -> dict[str, bool]:
@@ -875,7 +960,9 @@ def _train_epoch(s: _Session, epoch: int, name: str, say: Callable[[str], None],
         torch.cuda.synchronize(dev)
     epoch_time = time.perf_counter() - t0 - warmup_s  # the warm-up step's images are few: they stay in n
     row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss / n, "train_err_pct": 100.0 * train_wrong / n,
-           "epoch_time_s": round(epoch_time, 3), "train_images_per_s": round(n / epoch_time, 1)}
+           "epoch_time_s": round(epoch_time, 3), "train_images_per_s": round(n / epoch_time, 1),
+           "hardware": s.hardware, "path": path_label(s.fast_blocks, s.knobs["channels_last"], config.amp)
+           + (", compiled" if s.knobs["compile"] else "")}
     if warmup_s:
         row["compile_time_s"] = round(warmup_s, 3)
     return row
@@ -919,27 +1006,42 @@ def _save(s: _Session, ckpt_path: Path, h: str, run_dir: Path) -> None:
 
 
 WEIGHTS = "weights.pt"  # a finished run's final model state_dict (the checkpoint is dropped then)
+SNAPSHOTS = "snapshots"  # <run>/snapshots/epoch_NNN.pt: the weights after the epochs of keep_weights_at
+
+
+def snapshot_path(run_dir: str | os.PathLike, epoch: int) -> Path:
+    return Path(run_dir) / SNAPSHOTS / f"epoch_{epoch:03d}.pt"
+
+
+def _keep_snapshot(s: _Session, run_dir: Path) -> None:
+    """The weights of the last finished epoch, if keep_weights_at asks for them and they are not kept yet."""
+    epoch = s.rows[-1]["epoch"] if s.rows else 0
+    path = snapshot_path(run_dir, epoch)
+    if s.d.main and epoch in s.config.keep_weights_at and not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        save_checkpoint(path, s.model.state_dict())
 
 
 def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path, dev: torch.device, d: _Dist,
            on_epoch_end) -> dict[str, Any]:
     t_setup = time.perf_counter()
     ckpt_path = run_dir / CHECKPOINT
-    s = _setup(config, source, dev, d)
-    _restore(s, ckpt_path, h)
     name = run_name(config, h)
+    say = (lambda m: None) if (config.progress == "none" or not d.main) else (lambda m: print(m, flush=True))
+    s = _setup(config, source, dev, d, say)
+    _restore(s, ckpt_path, h)
     if d.main:
         from densenet_repro.provenance import git_commit, versions
 
         commit, dirty = git_commit()
-        cfg = config.to_dict() | {"config_hash": h, "data_source_id": source.id, "data_source": source.description,
+        cfg = config.to_dict() | {"config_hash": h, "data_source_id": source.id, "data_description": source.description,
                                   "versions": versions(), "world_size": d.world, "params": s.n_params,
                                   "commit": commit + ("+changes" if dirty else "")}
         atomic.write_text(run_dir / "config.json", json.dumps(cfg, indent=1, default=str) + "\n")
         if s.rows:
             _write_metrics(run_dir / "metrics.csv", s.rows)  # drop rows of an epoch the checkpoint lacks
+        _keep_snapshot(s, run_dir)  # a resumed run asked for the epoch its checkpoint holds
     bar = _use_bar(config.progress) and d.main
-    say = (lambda m: None) if (config.progress == "none" or not d.main) else (lambda m: print(m, flush=True))
     if s.start_epoch:
         say(f"{name}: resuming after epoch {s.start_epoch}/{config.epochs}")
     else:
@@ -958,6 +1060,7 @@ def _train(config: RunConfig, h: str, source: data_lib.SourceInfo, run_dir: Path
         row["eval_time_s"] = round(time.perf_counter() - t1, 3)
         s.rows.append(row)
         _save(s, ckpt_path, h, run_dir)
+        _keep_snapshot(s, run_dir)
         line = _epoch_line(name, row, config.epochs)
         if bar:
             from tqdm.auto import tqdm

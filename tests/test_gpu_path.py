@@ -8,6 +8,7 @@ run resumes there, the memory-efficient blocks match the plain ones, fp16 trains
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import signal
 import subprocess
@@ -61,15 +62,44 @@ def test_compiled_for_one_shape_runs_other_shapes_eagerly():
 
 
 @pytest.mark.slow
-def test_compiled_step_trains_like_the_eager_step(tmp_path):
-    """200 images = 3 x 64 + 8: the compiled step for full batches, eager for the last; same losses."""
+def test_the_compiled_step_computes_the_eager_step():
+    """One SGD step from the same weights on the same batch: losses and updated weights agree to fp32
+    rounding (torch.testing's fp32 tolerances). Compiled and eager kernels sum in other orders, and
+    over many steps a rounding difference grows with the training dynamics, by an amount that
+    depends on the CPU's vector width (2e-4 relative after 4 steps on AVX-512, under 1e-4 on AVX2):
+    the step itself is what must agree."""
+    cfg = tiny(Path("unused"), compile=True, fast_blocks=False)
+    torch.manual_seed(0)
+    eager = T.build_model(cfg, 10)
+    compiled = copy.deepcopy(eager)
+    step_model = T.CompiledForOneShape(compiled, cfg.batch_size, cuda_graphs=False)
+    x, y = torch.randn(cfg.batch_size, 3, 32, 32), torch.randint(0, 10, (cfg.batch_size,))
+    results = []
+    for model, called in ((eager, eager), (compiled, step_model)):
+        opt = T.build_optimizer(cfg, model)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        model.train()
+        losses, _ = T.train_step(called, opt, scaler, x, y, len(y))
+        results.append((losses, model.state_dict()))
+    (loss_e, state_e), (loss_c, state_c) = results
+    torch.testing.assert_close(loss_c, loss_e)
+    for k in state_e:
+        torch.testing.assert_close(state_c[k], state_e[k], msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.mark.slow
+def test_the_engine_trains_with_the_compiled_step_and_reports_compilation_apart(tmp_path):
+    """200 images = 3 x 64 + 8: the compiled step for full batches, eager for the last. The step is
+    compared to rounding above; here the run must be the same training: within 1 % after an epoch,
+    where a wrong update or stale evaluation weights differ by far more."""
     eager = T.train(tiny(tmp_path / "a", compile=False, deterministic=True, fast_blocks=False))
     compiled = T.train(tiny(tmp_path / "b", compile=True, deterministic=True, fast_blocks=False))
     assert compiled["compile"] is True and eager["compile"] is False
-    assert compiled["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-4)
-    assert compiled["final_test_loss"] == pytest.approx(eager["final_test_loss"], rel=1e-4)
+    assert compiled["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-2)
+    assert compiled["final_test_loss"] == pytest.approx(eager["final_test_loss"], rel=1e-2)
     rows = pd.read_csv(Path(compiled["run_dir"]) / "metrics.csv")
     assert rows["compile_time_s"].iloc[0] > 0  # reported apart from the epoch time
+    assert rows["path"].iloc[0].endswith("compiled")
 
 
 # ----------------------------------------------------------------------------------------------

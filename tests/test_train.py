@@ -265,3 +265,30 @@ def test_fast_blocks_are_the_cpu_default_and_train_like_the_plain_blocks(tmp_pat
         T.train(tiny(tmp_path / "d", epochs=1, amp="fp16", fast_blocks=True))
     with pytest.raises(ValueError, match="no dense blocks"):
         T.train(tiny(tmp_path / "e", epochs=1, model="resnet110", model_kwargs={}, fast_blocks=True))
+
+
+def test_speed_trial_picks_a_path_without_changing_the_result_and_every_row_records_it(tmp_path):
+    """The trial times throw-away copies: the run then equals one made with the chosen knobs set."""
+    tried = T.train(tiny(tmp_path / "a", epochs=2, deterministic=True, speed_trial=True))
+    knobs = dict(fast_blocks=tried["fast_blocks"], channels_last=tried["channels_last"])
+    direct = T.train(tiny(tmp_path / "b", epochs=2, deterministic=True, **knobs))
+    a = pd.read_csv(Path(tried["run_dir"]) / "metrics.csv")
+    b = pd.read_csv(Path(direct["run_dir"]) / "metrics.csv")
+    pd.testing.assert_frame_equal(a.drop(columns=TIME_COLUMNS), b.drop(columns=TIME_COLUMNS), check_exact=True)
+    assert a["hardware"].str.contains("threads").all()
+    assert (a["path"] == T.path_label(knobs["fast_blocks"], knobs["channels_last"], "none")).all()
+
+
+def test_snapshots_are_kept_at_the_asked_epochs_also_when_a_resume_asks_for_the_checkpoints_epoch(tmp_path):
+    cfg = tiny(tmp_path, epochs=3)
+    run = interrupted_after_one_epoch(cfg)
+    assert not (run / T.SNAPSHOTS).exists()
+    s = T.train(dataclasses.replace(cfg, resume=True, keep_weights_at=(1, 3)))
+    kept = sorted(p.name for p in (run / T.SNAPSHOTS).iterdir())
+    assert kept == ["epoch_001.pt", "epoch_003.pt"] and s["run_dir"] == run.as_posix()
+    final, last = torch.load(run / T.WEIGHTS), torch.load(T.snapshot_path(run, 3))
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    first = torch.load(T.snapshot_path(run, 1))
+    assert not all(torch.equal(final[k], first[k]) for k in final)
+    with pytest.raises(ValueError, match="keep_weights_at"):
+        tiny(tmp_path, epochs=3, keep_weights_at=(4,)).validate()

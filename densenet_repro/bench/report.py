@@ -318,7 +318,8 @@ def accuracy_dataset(accuracy: dict[str, Any]) -> str:
     for r in accuracy["runs"]:
         cfg = Path(r["run_dir"] or "") / "config.json"
         if cfg.is_file():
-            return json.loads(cfg.read_text(encoding="utf-8")).get("data_source", "?")
+            stored = json.loads(cfg.read_text(encoding="utf-8"))
+            return stored.get("data_description") or stored.get("data_source", "?")
     return "?"
 
 
