@@ -48,6 +48,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """`obj` as indented JSON (values JSON does not know, such as paths, as their str)."""
+    import json
+
+    write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
+
+
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
     """torch.save(obj) to `path`."""
     import torch

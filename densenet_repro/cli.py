@@ -10,13 +10,32 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
+from typing import Callable
 
 from densenet_repro import data as data_lib
 from densenet_repro.budgets import BUDGETS
 from densenet_repro.errors import ConfigError, UserError
 from densenet_repro.experiments import budget_config, run_comparisons, run_table2, scaling_table, table2_cells
-from densenet_repro.train import AMP_MODES, CHECKPOINT, PROGRESS_MODES, RunConfig, locate_run, run_name, train
+from densenet_repro.config import AMP_MODES, PROGRESS_MODES, RunConfig
+from densenet_repro.plan import plan
+from densenet_repro.runstore import CHECKPOINT
+from densenet_repro.train import train
+
+INTERRUPTED = ("interrupted: nothing is lost; every finished epoch is in its run's checkpoint.pt "
+               "(rerun with --resume to continue)")
+
+
+def guarded(prog: str, work: Callable[[], int]) -> int:
+    """A command's work: a UserError is one line and exit 1, Ctrl-C one line and exit 130; anything
+    else is a bug in this package and keeps its traceback."""
+    try:
+        return work()
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: {INTERRUPTED}", file=sys.stderr)
+        return 130
 
 
 
@@ -113,30 +132,22 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
-def _say_if_nothing_to_resume(config: RunConfig) -> None:
-    resolved = config.resolved()
-    _, h, done = locate_run(resolved)
-    folder = Path(config.out) / config.experiment / run_name(config, h)
-    if done is None and not (folder / CHECKPOINT).exists():
-        print(f"note: nothing to resume in {folder} (no checkpoint.pt): starting the run", file=sys.stderr)
-
-
 def train_main(argv: list[str] | None = None) -> int:
     parser = build_train_parser()
     args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args).validate()
-        if args.resume:
-            _say_if_nothing_to_resume(config)
-        summary = train(config)
-    except UserError as e:  # anything else is a bug in this package: it keeps its traceback
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 1
-    if summary.get("cached"):
-        print(f"finished run found in {summary['run_dir']} (not retrained)")
-    print(json.dumps({k: summary[k] for k in ("run_dir", "final_test_error_pct", "best_test_error_pct",
-                                              "reported_test_error_pct", "wall_time_s")}, indent=1))
-    return 0
+
+    def work() -> int:
+        run = plan(config_from_args(args))
+        if args.resume and run.finished is None and not (run.run_dir / CHECKPOINT).exists():
+            print(f"note: nothing to resume in {run.run_dir} (no checkpoint.pt): starting the run", file=sys.stderr)
+        summary = train(run)
+        if summary.get("cached"):
+            print(f"finished run found in {summary['run_dir']} (not retrained)")
+        print(json.dumps({k: summary[k] for k in ("run_dir", "final_test_error_pct", "best_test_error_pct",
+                                                  "reported_test_error_pct", "wall_time_s")}, indent=1))
+        return 0
+
+    return guarded(parser.prog, work)
 
 
 def table2_main(argv: list[str] | None = None) -> int:
@@ -148,7 +159,7 @@ def table2_main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs")
     p.add_argument("--results", default="results")
-    p.add_argument("--progress", choices=("auto", "bar", "line", "none"), default="auto")
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto")
     p.add_argument("--list", action="store_true", help="only list the cells and what is scaled")
     p.add_argument("--headline", action="store_true",
                    help="cpu budget: train (or resume) the headline run, DenseNet L=40 on C10+ for 30 epochs "
@@ -163,19 +174,19 @@ def table2_main(argv: list[str] | None = None) -> int:
         return 0
     if args.headline and args.budget != "cpu":
         p.error("--headline belongs to the cpu budget (the paper budget trains every cell at 300 epochs)")
-    try:
+
+    def work() -> int:
         cells = run_table2(args.budget, data_root=args.data_root, device=args.device, seed=args.seed,
                            progress=args.progress, out=args.out, results=args.results, train_headline=args.headline)
         runs = {} if args.headline else run_comparisons(args.budget, data_root=args.data_root, device=args.device,
                                                         progress=args.progress, out=args.out, results=args.results)
-    except UserError as e:  # anything else is a bug: it keeps its traceback
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 1
-    print(table2.table2_matrix(cells, args.budget).to_string(index=False))
-    if runs:
-        print()
-        print(table2.comparisons_table(runs, args.budget).to_string(index=False))
-    return 0
+        print(table2.table2_matrix(cells, args.budget).to_string(index=False))
+        if runs:
+            print()
+            print(table2.comparisons_table(runs, args.budget).to_string(index=False))
+        return 0
+
+    return guarded(p.prog, work)
 
 
 def sweeps_main(argv: list[str] | None = None) -> int:
@@ -191,14 +202,34 @@ def sweeps_main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs")
     p.add_argument("--results", default="results")
-    p.add_argument("--progress", choices=("auto", "bar", "line", "none"), default="auto")
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto")
     args = p.parse_args(argv)
-    try:
+
+    def work() -> int:
         done = sweeps.run_plans(args.budget, tuple(args.only or sweeps.PLANS), data_root=args.data_root,
                                 device=args.device, progress=args.progress, out=args.out, results=args.results)
-    except UserError as e:  # anything else is a bug: it keeps its traceback
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 1
-    for name, runs in done.items():
-        print(f"{name}: {len(runs)} runs finished")
-    return 0
+        for name, runs in done.items():
+            print(f"{name}: {len(runs)} runs finished")
+        return 0
+
+    return guarded(p.prog, work)
+
+
+def upgrade_runs_main(argv: list[str] | None = None) -> int:
+    from densenet_repro.records import upgrade_runs
+    from densenet_repro.runstore import results_root
+
+    p = OneLineParser(prog="python -m densenet_repro upgrade-runs",
+                      description="Bring the run records under results/ that older versions wrote up to date: the "
+                                  "data_source option, and the data's fingerprint once the data at hand is shown "
+                                  "to be the run's (densenet_repro/records.py).")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: $DENSENET_DATA or ./data)")
+    p.add_argument("--results", default="results")
+    args = p.parse_args(argv)
+
+    def work() -> int:
+        for line in upgrade_runs(results_root(args.results), args.data_root):
+            print(line)
+        return 0
+
+    return guarded(p.prog, work)

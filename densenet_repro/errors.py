@@ -53,3 +53,7 @@ class MissingPackageError(UserError, ImportError):
 
 class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class DataMismatchError(UserError, ValueError):
+    """The data at hand is not the data a run was made on (another content under the same name)."""

@@ -21,17 +21,18 @@ A cell that a budget does not run carries the reason, which the notebook shows.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from densenet_repro import fastpath, paper
-from densenet_repro.budgets import check_budget, comparison_seeds
+from densenet_repro import paper
+from densenet_repro.budgets import check_budget, comparison_seeds, run_fields
 from densenet_repro.paper import COMPARISONS, Arm
 from densenet_repro.data import SYNTHETIC_SIZE, get_spec
-from densenet_repro.train import (WEIGHTS, RunConfig, build_model, locate_run, read_metrics, read_summary,
-                                  train)
+from densenet_repro.config import RunConfig, build_model
+from densenet_repro.plan import plan
+from densenet_repro.runstore import publish, read_metrics, read_summary
+from densenet_repro.train import train
 
 CIFAR_DENSENET_MODELS = tuple(r.model for r in paper.DENSENET_ROWS)  # scaled by depth at reduced budgets
 
@@ -112,14 +113,10 @@ def budget_config(model: str, dataset: str, budget: str, *, seed: int = 0, data_
         if model not in CIFAR_DENSENET_MODELS:
             scale = dataclasses.replace(scale, depth=None)  # only Table 2's DenseNets are rescaled
     kwargs = {"depth": scale.depth} if scale.depth is not None else {}
+    # blocks and layout are left to the engine, which takes the device's fast path
     return RunConfig(model=model, dataset=dataset, model_kwargs=kwargs, epochs=scale.epochs, drop_rate=drop_rate,
-                     train_subset=SYNTHETIC_SIZE[0] if budget == "smoke" else None,
-                     test_subset=SYNTHETIC_SIZE[1] if budget == "smoke" else None,
-                     # the cpu budget's precision follows the CPU (fastpath.settings); blocks and layout
-                     # are left to the engine, which takes the same fast path
-                     amp=fastpath.settings("cpu")["amp"] if budget == "cpu" else "none", num_threads=scale.num_threads,
-                     data_source="synthetic" if budget == "smoke" else "auto", seed=seed, data_root=data_root,
-                     device=device, experiment=experiment, budget=budget)
+                     num_threads=scale.num_threads, seed=seed, data_root=data_root, device=device,
+                     experiment=experiment, **run_fields(budget))
 
 
 @dataclass
@@ -219,7 +216,7 @@ def run_or_reuse(config: RunConfig) -> dict[str, Any]:
     """
     for amp in dict.fromkeys([config.amp, "none", "bf16"]):
         if amp != config.amp and config.budget == "cpu":
-            _, _, done = locate_run(dataclasses.replace(config, amp=amp).validate().resolved())
+            done = plan(dataclasses.replace(config, amp=amp)).finished
             if done is not None:
                 return read_summary(done) | {"cached": True}
     return train(config)
@@ -253,7 +250,7 @@ def train_or_read(cfg: RunConfig, *, train_missing: bool, publish_results: bool,
                   weights: bool = False) -> dict[str, Any] | None:
     """A run's summary: trained (or reused) and published, or with train_missing=False only read if finished."""
     if not train_missing:
-        _, _, done = locate_run(cfg.validate().resolved())
+        done = plan(cfg).finished
         return None if done is None else read_summary(done)
     summary = run_or_reuse(cfg)
     if publish_results and not summary.get("cached"):
@@ -264,21 +261,6 @@ def train_or_read(cfg: RunConfig, *, train_missing: bool, publish_results: bool,
 # ----------------------------------------------------------------------------------------------
 # Running and publishing
 # ----------------------------------------------------------------------------------------------
-
-SMALL_FILES = ("config.json", "metrics.csv", "summary.json")
-
-
-def publish(summary: dict[str, Any], results_root: str = "results", weights: bool = False) -> Path:
-    """Copy a finished run's small files to results/<experiment>/<run>/, and its weights if asked."""
-    src = Path(summary["run_dir"])
-    dst = Path(results_root) / summary["experiment"] / src.name
-    if src.resolve() == dst.resolve():
-        return dst
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in SMALL_FILES + ((WEIGHTS,) if weights else ()):
-        shutil.copy2(src / name, dst / name)
-    return dst
-
 
 def run_table2(budget: str, *, data_root: str | None = None, device: str = "auto", seed: int = 0,
                progress: str = "auto", publish_results: bool | None = None, out: str = "runs",
@@ -297,11 +279,11 @@ def run_table2(budget: str, *, data_root: str | None = None, device: str = "auto
         if cell.config is None:
             row["reason"] = cell.reason
         elif budget == "cpu" and not train_headline:
-            _, h, done = locate_run(cell.config.validate().resolved())
-            if done is not None:
-                row["summary"] = read_summary(done)
+            run = plan(cell.config)
+            if run.finished is not None:
+                row["summary"] = read_summary(run.finished)
             else:
-                row["progress"] = run_progress(cell.config, h)
+                row["progress"] = run_progress(run)
         else:
             cfg = dataclasses.replace(cell.config, progress=progress, resume=True, out=cell.config.out if
                                       budget == "cpu" else out, results=results)
@@ -313,13 +295,10 @@ def run_table2(budget: str, *, data_root: str | None = None, device: str = "auto
     return results_out
 
 
-def run_progress(config: RunConfig, h: str) -> dict[str, Any]:
-    """How far an unfinished run got, from the metrics.csv beside its checkpoint (none: not started)."""
-    from densenet_repro.train import run_name
-
-    folder = Path(config.out) / config.experiment / run_name(config, h)
-    done = read_metrics(folder) if (folder / "metrics.csv").is_file() else None
-    progress: dict[str, Any] = {"run_dir": folder.as_posix(), "epochs": config.epochs,
+def run_progress(run) -> dict[str, Any]:
+    """How far an unfinished run got (a plan.Run), from the metrics.csv beside its checkpoint (none: not started)."""
+    done = read_metrics(run.run_dir) if (run.run_dir / "metrics.csv").is_file() else None
+    progress: dict[str, Any] = {"run_dir": run.run_dir.as_posix(), "epochs": run.config.epochs,
                                 "epochs_done": 0 if done is None else int(done["epoch"].iloc[-1])}
     if done is not None:
         progress.update(test_err_pct=float(done["test_err_pct"].iloc[-1]),

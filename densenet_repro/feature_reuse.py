@@ -237,17 +237,18 @@ def figure5_maps(budget: str, *, data_root: str | None = None, device: str = "au
     from densenet_repro import create_model, experiments, sweeps
     from densenet_repro.budgets import check_budget
     from densenet_repro.run_weights import load_run_weights
-    from densenet_repro.train import locate_run, run_name, train
+    from densenet_repro.plan import plan
+    from densenet_repro.train import train
 
     check_budget(budget)
     if budget == "cpu":
         cfg = experiments.headline_config(data_root=data_root, device=device, results=results)
-        _, h, done = locate_run(cfg.validate().resolved())
-        folder = done or Path(cfg.out) / cfg.experiment / run_name(cfg, h)
+        run = plan(cfg)
+        folder = run.finished or run.run_dir
     elif budget == "paper":
         cfg = experiments.budget_config("densenet40_k12", "c10+", "paper", data_root=data_root, device=device,
                                         experiment=experiments.EXPERIMENT)
-        folder = Path(train(cfg)["run_dir"]) if train_missing else locate_run(cfg.validate().resolved())[2]
+        folder = Path(train(cfg)["run_dir"]) if train_missing else plan(cfg).finished
     else:
         p = sweeps.SUPERVISION["smoke"][0]
         runs = sweeps.run_points([p], budget, "smoke_figure5", seeds=(0,), data_root=data_root, device=device,

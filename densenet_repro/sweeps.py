@@ -19,8 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from densenet_repro import fastpath
-from densenet_repro.budgets import check_budget
+from densenet_repro.budgets import check_budget, run_fields
 from densenet_repro.data import SYNTHETIC_SIZE
 from densenet_repro.experiments import train_or_read
 from densenet_repro.train import RunConfig
@@ -112,15 +111,10 @@ SUPERVISION_SEEDS = (0,)
 def config(p: Point, budget: str, seed: int, experiment: str, *, data_root: str | None = None,
            device: str = "auto") -> RunConfig:
     """The RunConfig of one point at a budget (C10+, the paper's recipe, the budget's schedule and data)."""
-    smoke = check_budget(budget) == "smoke"
     return RunConfig(model=p.model, dataset="c10+", model_kwargs=p.model_kwargs,
-                     epochs=p.epochs or EPOCHS[budget], seed=seed, experiment=experiment, budget=budget,
-                     train_subset=SYNTHETIC_SIZE[0] if smoke else None,
-                     test_subset=SYNTHETIC_SIZE[1] if smoke else None,
-                     data_source="synthetic" if smoke else "auto", num_threads=1 if smoke else None,
-                     # the cpu budget's precision follows the CPU that trains (fastpath.settings)
-                     amp=fastpath.settings("cpu")["amp"] if budget == "cpu" else "none",
-                     data_root=data_root, device=device)
+                     epochs=p.epochs or EPOCHS[check_budget(budget)], seed=seed, experiment=experiment,
+                     num_threads=1 if budget == "smoke" else None, data_root=data_root, device=device,
+                     **run_fields(budget))
 
 
 def run_points(points: list[Point], budget: str, experiment: str, *, seeds: tuple[int, ...] | None = None,

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from densenet_repro import DenseNet, bench, fastpath
+from densenet_repro.config import RunConfig
 from densenet_repro.models import fast_dense
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,12 +136,14 @@ def test_fastpath_settings_and_apply(monkeypatch):
     assert fastpath.settings("cuda:0")["compile"] and not fastpath.settings("cuda:0", world=2)["compile"]
     with pytest.raises(ValueError, match="no fast path"):
         fastpath.settings("meta")
+    cfg, cpu = RunConfig(model="densenet_bc100_k12"), torch.device("cpu")
     model = DenseNet(depth=16, growth_rate=4, bottleneck=True, compression=0.5)
-    assert fast_dense.is_fast(fastpath.apply(model, "cpu"))
+    assert fastpath.use_fast_blocks(cfg, model, cpu, False, wanted=True) and fast_dense.is_fast(model)
     plain = DenseNet(depth=16, growth_rate=4, bottleneck=True, compression=0.5)
-    assert not fast_dense.is_fast(fastpath.apply(plain, "cpu", distributed=True))  # sync BN needs plain blocks
+    assert not fastpath.use_fast_blocks(cfg, plain, cpu, True, wanted=True)  # sync BN needs plain blocks
+    assert not fast_dense.is_fast(plain)
     resnet = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1))
-    assert fastpath.apply(resnet, "cpu") is resnet
+    assert not fastpath.use_fast_blocks(RunConfig(model="resnet110"), resnet, cpu, False, wanted=True)
 
 
 @pytest.mark.slow
@@ -165,6 +168,7 @@ def test_gpu_section_reads_the_gpu_check_result(tmp_path):
 def test_memory_efficient_configs_are_what_the_engine_trains():
     """The benchmark's --memory-efficient rows run the model the training engine builds for that flag."""
     from densenet_repro import train
+    from densenet_repro.plan import speed_knobs
 
     section = bench.SIZES["default"].sections[0]
     for name in ("ours_memeff", "ours_memeff_bf16_cl"):
@@ -173,7 +177,8 @@ def test_memory_efficient_configs_are_what_the_engine_trains():
         run_cfg = bench.engine_run_config(section, cfg)
         ours = bench.engine_model(section, cfg)
         engine = train.build_model(run_cfg, num_classes=10)
-        train._use_fast_blocks(run_cfg, engine, torch.device("cpu"), False)
+        cpu = torch.device("cpu")
+        fastpath.use_fast_blocks(run_cfg, engine, cpu, False, speed_knobs(run_cfg, cpu).fast_blocks)
         assert [type(m) for m in ours.modules()] == [type(m) for m in engine.modules()]
         assert not fast_dense.is_fast(engine)  # the engine keeps the plain checkpointed blocks
         flags = [getattr(m, "memory_efficient", None) for m in engine.modules()]

@@ -120,7 +120,7 @@ def test_cpu_budget_picks_precision_from_the_cpu(monkeypatch):
         monkeypatch.setattr(fastpath, "bf16_native", lambda native=native: native)
         cfg = experiments.budget_config("densenet40_k12", "c10+", "cpu")
         assert cfg.amp == amp and cfg.fast_blocks is None  # the engine takes the same fast path
-        assert train.speed_knobs(cfg, torch.device("cpu"))["channels_last"] is native
+        assert train.speed_knobs(cfg, torch.device("cpu")).channels_last is native
 
 
 def _summary(final, best=None, params=76_018, **kw):

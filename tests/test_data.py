@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from densenet_repro import data
+from densenet_repro.data.loader import _svhn_holdout
 
 SHARED_JPEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -65,7 +66,7 @@ def test_image_folder_tar_gz(tmp_path):
     src = data.resolve_source("c10", tmp_path, download=False)
     assert src.kind == "folder" and src.id == "folder:cifar10-jpeg.tar.gz"
     assert "JPEG re-encoding" in src.description
-    d = data.load_data("c10+", tmp_path, download=False)
+    d = data.load("c10+", tmp_path, download=False)
     assert d.train_x.shape == (30, 3, 32, 32) and d.train_x.dtype == torch.uint8
     assert d.test_x.shape == (20, 3, 32, 32)
     assert d.classes == CLASSES
@@ -81,24 +82,24 @@ def test_image_folder_tar_gz(tmp_path):
 
 def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
     _make_tar(tmp_path / "cifar10-jpeg.tar.gz")
-    a = data.load_data("c10", tmp_path, download=False)
+    a = data.load("c10", tmp_path, download=False)
     assert any((tmp_path / "cache").iterdir())
 
     def boom(*args, **kwargs):
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(data, "_read_image_folder", boom)
-    b = data.load_data("c10", tmp_path, download=False)
+    monkeypatch.setattr(data.sources, "_read_image_folder", boom)
+    b = data.load("c10", tmp_path, download=False)
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
     assert a.mean == b.mean and a.std == b.std
 
 
 def test_image_folder_directory_and_archive_as_data_root(tmp_path):
     _make_tar(tmp_path / "x.tar.gz", top="anything")
-    from_archive = data.load_data("c10", tmp_path / "x.tar.gz", download=False)  # data_root = the archive
+    from_archive = data.load("c10", tmp_path / "x.tar.gz", download=False)  # data_root = the archive
     with tarfile.open(tmp_path / "x.tar.gz") as tar:
         tar.extractall(tmp_path / "dir", filter="data")
-    from_dir = data.load_data("c10", tmp_path / "dir", download=False)  # data_root = dir holding train/test
+    from_dir = data.load("c10", tmp_path / "dir", download=False)  # data_root = dir holding train/test
     assert torch.equal(from_archive.train_x, from_dir.train_x)
     assert from_dir.source.kind == "folder"
 
@@ -106,12 +107,12 @@ def test_image_folder_directory_and_archive_as_data_root(tmp_path):
 def test_wrong_number_of_classes_is_an_error(tmp_path):
     _make_tar(tmp_path / "cifar10-jpeg.tar.gz")
     with pytest.raises(ValueError, match="10 classes, but c100 has 100"):
-        data.load_data("c100", tmp_path / "cifar10-jpeg.tar.gz", download=False)
+        data.load("c100", tmp_path / "cifar10-jpeg.tar.gz", download=False)
 
 
 def test_missing_data_says_where_to_put_it(tmp_path):
     with pytest.raises(data.DataNotFoundError) as e:
-        data.load_data("c10", tmp_path / "empty", source="folder")
+        data.load("c10", tmp_path / "empty", source="folder")
     msg = str(e.value)
     assert "\n" not in msg and "cifar-10-python.tar.gz" in msg and "train/<class>" in msg
     with pytest.raises(data.DataNotFoundError, match="put the official files"):
@@ -123,14 +124,14 @@ def test_synthetic_is_seeded_balanced_and_cifar_shaped():
     assert np.array_equal(a.train_x, b.train_x) and a.train_x.shape[1:] == (32, 32, 3)
     assert np.bincount(a.train_y).tolist() == [64] * 10
     assert not np.array_equal(a.train_x, data.make_synthetic(10, seed=4).train_x)
-    d = data.load_data("svhn", source="synthetic")
+    d = data.load("svhn", source="synthetic")
     assert d.val_x is not None and d.info["val"] > 0 and d.mean == [0.0, 0.0, 0.0]  # pixels / 255
 
 
 def test_svhn_holdout_is_400_and_200_per_class():
     train_y = np.repeat(np.arange(10), 1000)
     extra_y = np.repeat(np.arange(10), 3000)
-    tr, ex = data._svhn_holdout(train_y, extra_y, 6000)
+    tr, ex = _svhn_holdout(train_y, extra_y, 6000)
     assert np.bincount(train_y[tr]).tolist() == [400] * 10
     assert np.bincount(extra_y[ex]).tolist() == [200] * 10
 
@@ -158,7 +159,7 @@ def test_random_crop_flip_matches_pad_and_slice():
 
 
 def test_loader_normalises_and_is_reproducible_per_epoch():
-    d = data.load_data("c10", source="synthetic")
+    d = data.load("c10", source="synthetic")
     loader = d.train_loader(64, seed=0)
     xs = torch.cat([x for x, _, _ in loader.batches(0)])
     assert xs.shape[0] == len(d.train_y)
@@ -171,7 +172,7 @@ def test_loader_normalises_and_is_reproducible_per_epoch():
 
 
 def test_ddp_shards_make_up_the_single_process_batch():
-    d = data.load_data("c10+", source="synthetic")
+    d = data.load("c10+", source="synthetic")
     single = list(d.train_loader(64, seed=1).batches(2))
     shards = [list(d.train_loader(64, seed=1, rank=r, world_size=2).batches(2)) for r in range(2)]
     assert len(single) == len(shards[0]) == len(shards[1])
@@ -183,7 +184,7 @@ def test_ddp_shards_make_up_the_single_process_batch():
 
 
 def test_channels_last_batches():
-    d = data.load_data("c10+", source="synthetic")
+    d = data.load("c10+", source="synthetic")
     x, _, _ = next(iter(d.train_loader(32, seed=0, channels_last=True).batches(0)))
     assert x.is_contiguous(memory_format=torch.channels_last)
 
@@ -193,7 +194,7 @@ def test_shared_cifar10_jpeg_copy(monkeypatch):
     """The real offline copy: 50,000/10,000 images, CIFAR-10's classes, the official statistics."""
     monkeypatch.delenv("DENSENET_CACHE")  # the repo's ./data/cache: decoded once, reused by later runs
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
-    d = data.load_data("c10", SHARED_JPEG.parent, test_subset=1000)
+    d = data.load("c10", SHARED_JPEG.parent, test_subset=1000)
     assert d.info["train"] == 50_000 and d.info["test_full"] == 10_000 and d.classes == CLASSES
     assert d.source.id == "folder:cifar10-jpeg.tar.gz" and "quality 75" in d.info["source_note"]
     # Official code's statistics (0-255 scale): mean 125.3, 123.0, 113.9, std 63.0, 62.1, 66.7.

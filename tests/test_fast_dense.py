@@ -238,7 +238,7 @@ def test_no_compiler_falls_back_to_the_plain_blocks(monkeypatch):
             assert not fastpath.fast_blocks_supported(model, "cpu")
             fast_dense.convert(model)
             cfg = train.RunConfig(model="densenet_bc100_k12", dataset="c10+", device="cpu")
-            assert train._use_fast_blocks(cfg, model, torch.device("cpu"), False) is False  # the engine's default
+            assert fastpath.use_fast_blocks(cfg, model, torch.device("cpu"), False, wanted=True) is False  # the default
         assert not fast_dense.is_fast(model)
         msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
         assert len(msgs) == 1 and "\n" not in msgs[0], msgs  # one line, once

@@ -2,8 +2,10 @@
 
 On CPU (CI): the compiled step with its eager partial batch computes what the eager step computes,
 and compilation time is reported apart. Marked `cuda` (skipped without a GPU; run by
-`python -m densenet_repro gpu-check`): each engine mode trains a short epoch on the GPU, a killed
-run resumes there, the memory-efficient blocks match the plain ones, fp16 trains with its scaler.
+`python -m densenet_repro gpu-check`): bf16 eager and compiled train what fp32 trains, the compiled
+step over two epochs (LR drop, evaluation between) matches the eager one, a killed compiled run
+resumes compiled, fp32 runs without TF32 and the backend flags come back, the memory-efficient
+blocks match the plain ones and train eagerly, fp16 trains with its scaler.
 """
 
 from __future__ import annotations
@@ -38,10 +40,14 @@ def test_speed_knobs_follow_the_device(monkeypatch):
 
     monkeypatch.setattr(fastpath, "bf16_native", lambda: False)
     c = T.RunConfig()
-    assert T.speed_knobs(c, torch.device("cpu")) == {"channels_last": False, "compile": False}
-    assert T.speed_knobs(c, torch.device("cuda", 0)) == {"channels_last": True, "compile": True}
-    assert T.speed_knobs(c, torch.device("cuda", 0), world=2)["compile"] is False
-    assert T.speed_knobs(dataclasses.replace(c, compile=False), torch.device("cuda", 0))["compile"] is False
+    assert T.speed_knobs(c, torch.device("cpu")) == T.Knobs(channels_last=False, compile=False, fast_blocks=False)
+    assert T.speed_knobs(c, torch.device("cuda", 0)) == T.Knobs(channels_last=True, compile=True, fast_blocks=False)
+    assert T.speed_knobs(c, torch.device("cuda", 0), world=2).compile is False
+    assert T.speed_knobs(dataclasses.replace(c, compile=False), torch.device("cuda", 0)).compile is False
+    # torch.utils.checkpoint breaks compiled graphs: no compilation by default, a ConfigError if asked
+    assert T.speed_knobs(dataclasses.replace(c, memory_efficient=True), torch.device("cuda", 0)).compile is False
+    with pytest.raises(ValueError, match="--no-compile with --memory-efficient"):
+        dataclasses.replace(c, memory_efficient=True, compile=True).validate()
 
 
 def test_compiled_for_one_shape_runs_other_shapes_eagerly():
@@ -103,24 +109,59 @@ def test_the_engine_trains_with_the_compiled_step_and_reports_compilation_apart(
 
 
 # ----------------------------------------------------------------------------------------------
-# On a GPU (gpu-check runs these)
+# On a GPU: `python -m densenet_repro gpu-check` runs these as `pytest -m cuda tests/test_gpu_path.py`,
+# this file alone (it imports nothing the GPU machine lacks: no nbformat, papermill, nbconvert).
+# Each mode is compared with the eager fp32 engine, so that a mode that trains something else
+# fails, not only one that crashes.
 # ----------------------------------------------------------------------------------------------
 
+GPU_MODES = {"eager_bf16_cl": dict(amp="bf16", compile=False, channels_last=True),
+             "compiled_bf16_cl": dict(amp="bf16", compile=True, channels_last=True)}
+# An epoch of 200 images (4 steps) from the same weights, in bf16 or compiled: the mean losses agree
+# with fp32's to bf16 rounding, far closer than a wrong update or stale evaluation weights would.
+MODE_LOSS_RTOL = 0.03
+
+
+def on_gpu(tmp_path: Path, **kw) -> T.RunConfig:
+    return tiny(tmp_path, device="cuda", num_threads=None, **kw)
+
+
+def rows_of(summary) -> pd.DataFrame:
+    return pd.read_csv(Path(summary["run_dir"]) / "metrics.csv")
+
+
+@pytest.fixture(scope="module")
+def fp32_on_gpu(tmp_path_factory):
+    return T.train(on_gpu(tmp_path_factory.mktemp("fp32"), amp="none", compile=False, channels_last=False))
+
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("knobs", [dict(amp="none", compile=False, channels_last=False),
-                                   dict(amp="bf16", compile=False, channels_last=True),
-                                   dict(amp="bf16", compile=True, channels_last=True),
-                                   dict(amp="fp16", compile=False, channels_last=False)])
-def test_each_engine_mode_trains_on_the_gpu(tmp_path, knobs):
-    s = T.train(tiny(tmp_path, device="cuda", num_threads=None, **knobs))
-    assert s["device_type"] == "cuda" and s["final_train_loss"] == s["final_train_loss"]  # finite, not NaN
-    assert s["peak_gpu_memory_gib"] > 0
+@pytest.mark.parametrize("mode", list(GPU_MODES))
+def test_each_engine_mode_trains_what_fp32_trains(tmp_path, mode, fp32_on_gpu):
+    s = T.train(on_gpu(tmp_path, **GPU_MODES[mode]))
+    assert s["device_type"] == "cuda" and s["peak_gpu_memory_gib"] > 0
+    assert s["compile"] is GPU_MODES[mode]["compile"]
+    for key in ("final_train_loss", "final_test_loss"):
+        assert s[key] == pytest.approx(fp32_on_gpu[key], rel=MODE_LOSS_RTOL), key
 
 
 @pytest.mark.cuda
-def test_a_killed_gpu_run_resumes(tmp_path):
-    cfg = tiny(tmp_path, device="cuda", epochs=2, num_threads=None, compile=False)
+def test_the_compiled_step_over_two_epochs(tmp_path):
+    """Two epochs compiled: the learning rate drops under the captured step (0.1, then 0.001 with
+    2 epochs) and evaluation runs between the two training epochs; every epoch's losses agree with
+    the eager run's, and only the first epoch pays the compilation."""
+    kw = dict(epochs=2, amp="bf16", channels_last=True)
+    eager, compiled = (rows_of(T.train(on_gpu(tmp_path / name, compile=name == "compiled", **kw)))
+                       for name in ("eager", "compiled"))
+    assert list(compiled["lr"]) == pytest.approx([0.1, 0.001])
+    for column in ("train_loss", "test_loss"):
+        assert list(compiled[column]) == pytest.approx(list(eager[column]), rel=MODE_LOSS_RTOL), column
+    assert compiled["compile_time_s"].iloc[0] > 0 and pd.isna(compiled["compile_time_s"].iloc[1])
+
+
+@pytest.mark.cuda
+def test_a_killed_compiled_run_resumes_compiled(tmp_path):
+    cfg = on_gpu(tmp_path, epochs=2, amp="bf16", channels_last=True, compile=True)
     script = (f"import sys, os, signal; sys.path.insert(0, {str(REPO)!r})\n"
               "from densenet_repro.train import RunConfig, train\n"
               f"train(RunConfig(**{dataclasses.asdict(cfg)!r}), "
@@ -128,7 +169,20 @@ def test_a_killed_gpu_run_resumes(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     resumed = T.train(dataclasses.replace(cfg, resume=True))
-    assert resumed["epochs"] == 2 and len(pd.read_csv(Path(resumed["run_dir"]) / "metrics.csv")) == 2
+    rows = rows_of(resumed)
+    assert resumed["epochs"] == 2 and len(rows) == 2
+    assert rows["path"].iloc[1].endswith("compiled") and rows["compile_time_s"].iloc[1] > 0  # compiled again
+
+
+@pytest.mark.cuda
+def test_fp32_trains_without_tf32_and_the_flags_come_back(tmp_path):
+    def flags():
+        return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+
+    before, during = flags(), []
+    T.train(on_gpu(tmp_path, amp="none", compile=False), on_epoch_end=lambda e, r: during.append(flags()[:2]))
+    assert during == [(False, False)]  # the paper's fp32, not TF32's 10-bit mantissa
+    assert flags() == before
 
 
 @pytest.mark.cuda
@@ -146,8 +200,13 @@ def test_memory_efficient_blocks_match_the_plain_ones_on_the_gpu():
 
 
 @pytest.mark.cuda
+def test_memory_efficient_trains_eagerly_on_the_gpu(tmp_path):
+    s = T.train(on_gpu(tmp_path, memory_efficient=True))  # the GPU's default would compile: not with checkpointing
+    assert s["compile"] is False and s["final_train_loss"] == s["final_train_loss"]
+
+
+@pytest.mark.cuda
 def test_fp16_uses_its_scaler(tmp_path):
-    s = T.train(tiny(tmp_path, device="cuda", amp="fp16", num_threads=None, compile=False))
+    s = T.train(on_gpu(tmp_path, amp="fp16", compile=False))
     assert s["amp"] == "fp16" and s["final_train_loss"] == s["final_train_loss"]
     assert not (Path(s["run_dir"]) / T.CHECKPOINT).exists() and (Path(s["run_dir"]) / T.WEIGHTS).exists()
-

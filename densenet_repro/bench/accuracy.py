@@ -12,9 +12,7 @@ leaves them unfound (tests/test_bench.py checks that they are found).
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,27 +58,19 @@ def _run_entry(variant: str, cfg, summary: dict[str, Any]) -> dict[str, Any]:
 def committed_accuracy(budget: str = "cpu", device: str = "cpu", results: str = "results") -> dict[str, Any] | None:
     """The accuracy comparison from finished runs under results/bench/accuracy-*, found without the data.
 
-    A committed run counts when its config.json hashes (train.config_hash with the data source id it
-    recorded) to exactly the config this code would train; None when any run is missing. This lets
-    the notebook render where the dataset is absent, naming the data the runs used.
+    A committed run counts when the plan of exactly the config this code would train finds it
+    finished (by config hash, on any data source a committed config.json names when the data is
+    absent); None when any run is missing. This lets the notebook render where the dataset is
+    absent, naming the data the runs used.
     """
-    from densenet_repro import train as train_mod
+    from densenet_repro.plan import plan
+    from densenet_repro.runstore import read_summary
 
     runs = []
     for variant, cfg in accuracy_configs(budget, None, device):
-        cfg = dataclasses.replace(cfg, fast_blocks=variant == "fast")
-        found = None
-        for cfg_file in sorted((Path(results) / cfg.experiment).glob(f"{cfg.model}-{cfg.dataset}-*/config.json")):
-            stored = json.loads(cfg_file.read_text(encoding="utf-8"))
-            summary_file = cfg_file.with_name("summary.json")
-            if not summary_file.is_file() or "data_source_id" not in stored:
-                continue
-            if train_mod.config_hash(cfg, stored["data_source_id"]) != stored.get("config_hash"):
-                continue
-            summary = json.loads(summary_file.read_text(encoding="utf-8"))
-            if summary.get("finished"):
-                found = dict(summary, run_dir=cfg_file.parent.as_posix())
-                break
+        cfg = dataclasses.replace(cfg, fast_blocks=variant == "fast", results=results)
+        done = plan(cfg).finished
+        found = None if done is None else read_summary(done)
         if found is None:
             return None
         runs.append(_run_entry(variant, cfg, found))
@@ -91,8 +81,8 @@ def run_accuracy(budget: str = "cpu", data_root: str | None = None, device: str 
                  out: str = "runs", results: str = "results", publish: bool | None = None,
                  progress: str = "auto") -> dict[str, Any]:
     """Train (or find) the fp32 and fast-path runs and compare their final test errors."""
-    from densenet_repro import experiments
     from densenet_repro import train as train_mod
+    from densenet_repro.runstore import publish as publish_run
 
     publish = budget != "smoke" if publish is None else publish
     runs = []
@@ -101,7 +91,7 @@ def run_accuracy(budget: str = "cpu", data_root: str | None = None, device: str 
                                   fast_blocks=variant == "fast")
         summary = train_mod.train(cfg)
         if publish:
-            summary["run_dir"] = experiments.publish(summary, results).as_posix()
+            summary["run_dir"] = publish_run(summary, results).as_posix()
         runs.append(_run_entry(variant, cfg, summary))
     return compare_accuracy(runs, budget)
 

@@ -177,7 +177,7 @@ def build_model(section: Section, config: Config, state_dict: dict[str, torch.Te
 def engine_run_config(section: Section, config: Config):
     """The train.RunConfig a user gets for this configuration's flags (--memory-efficient, --amp,
     --channels-last; fast blocks left to the engine's own default)."""
-    from densenet_repro.train import RunConfig
+    from densenet_repro.config import RunConfig
 
     return RunConfig(model="densenet_bc100_k12", dataset="c10+", model_kwargs={"depth": section.net["depth"]},
                      memory_efficient=config.memory_efficient, amp="bf16" if config.bf16 else "none",
@@ -188,15 +188,17 @@ def engine_model(section: Section, config: Config) -> nn.Module:
     """The model the training engine trains for this configuration's flags, at the section's size.
 
     Built as train.build_model builds it (DenseNet with memory_efficient passed through), then the
-    engine's own decision whether to switch to the fast blocks is applied (train._use_fast_blocks,
-    which keeps the plain checkpointed blocks for --memory-efficient). tests/test_bench.py checks
+    engine's own decision whether to switch to the fast blocks is applied (fastpath.use_fast_blocks
+    with the knobs plan.speed_knobs gives, which keep the plain checkpointed blocks for --memory-efficient). tests/test_bench.py checks
     that this is the model train.build_model makes for the same RunConfig.
     """
-    from densenet_repro import DenseNet, train
+    from densenet_repro import DenseNet, fastpath
+    from densenet_repro.plan import speed_knobs
 
     if section.family != "cifar":
         raise ValueError("engine configurations are defined for the CIFAR section")
     run_cfg = engine_run_config(section, config)
     model = DenseNet(num_classes=10, memory_efficient=config.memory_efficient, **section.net)
-    train._use_fast_blocks(run_cfg, model, torch.device("cpu"), False)
+    cpu = torch.device("cpu")
+    fastpath.use_fast_blocks(run_cfg, model, cpu, False, speed_knobs(run_cfg, cpu).fast_blocks)
     return model
