@@ -27,7 +27,7 @@ import torch
 from densenet_repro import data
 from densenet_repro.config import RunConfig, config_hash, parse_device, run_name
 from densenet_repro.devices import pick_device
-from densenet_repro.errors import DataMismatchError, DataNotFoundError
+from densenet_repro.errors import ConfigError, DataMismatchError, DataNotFoundError
 from densenet_repro.runstore import find_run, known_source_ids, read_config, read_summary, run_roots
 
 
@@ -80,9 +80,13 @@ def plan(config: RunConfig) -> Run:
         _check_same_data(finished, config.dataset, source)
     rank, world, local_rank = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1),
                                                                         ("LOCAL_RANK", 0)))
-    if finished is None and config.deterministic:
-        # cuBLAS reads this when CUDA starts, which choosing a CUDA device does
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cuda = parse_device(config.device).type == "cuda"
+    if finished is None and cuda and config.deterministic and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        # cuBLAS reads this once, when CUDA starts (choosing a CUDA device below starts it)
+        if torch.cuda.is_initialized():
+            raise ConfigError("deterministic CUDA runs need CUBLAS_WORKSPACE_CONFIG=:4096:8 before CUDA starts, and "
+                              "it has started in this process: export it and start a fresh process")
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     # a finished run needs no device: it is found even where the asked one is absent
     device = pick_device(config.device, local_rank, world) if finished is None else parse_device(config.device)
     h = hashes[chosen]

@@ -108,6 +108,27 @@ def test_the_engine_trains_with_the_compiled_step_and_reports_compilation_apart(
     assert rows["path"].iloc[0].endswith("compiled")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("reset", [True, False])
+def test_each_run_in_one_process_is_compiled_afresh(tmp_path, monkeypatch, reset):
+    """Runs looped in one process (sweeps, notebooks) each compile their own step. With dynamo's
+    recompile limit at 1 a second network recompiles the same forward code and, without the engine's
+    reset between runs, silently falls back to eager: the test shows both halves."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # what earlier tests compiled does not count
+    if not reset:
+        monkeypatch.setattr(torch._dynamo, "reset", lambda: None)
+    graphs = []
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for depth in (10, 16):
+            counters.clear()
+            T.train(tiny(tmp_path / str(depth), compile=True, model_kwargs={"depth": depth}, fast_blocks=False,
+                         train_subset=128))
+            graphs.append(counters["stats"]["unique_graphs"])
+    assert (min(graphs) >= 1) is reset, graphs
+
+
 # ----------------------------------------------------------------------------------------------
 # On a GPU: `python -m densenet_repro gpu-check` runs these as `pytest -m cuda tests/test_gpu_path.py`,
 # this file alone (it imports nothing the GPU machine lacks: no nbformat, papermill, nbconvert).

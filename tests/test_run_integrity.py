@@ -314,3 +314,21 @@ def _image_folder_tar(path: Path) -> None:
                     info.size = buf.tell()
                     buf.seek(0)
                     tar.addfile(info, buf)
+
+
+def test_a_copy_without_git_records_the_commit_it_is_given(tmp_path, monkeypatch):
+    """The GPU machine's copy has no .git: gpu-check passes the commit in $DENSENET_COMMIT."""
+    from densenet_repro import provenance
+
+    monkeypatch.setattr(provenance, "repo_root", lambda: tmp_path)  # not a repository
+    monkeypatch.delenv("DENSENET_COMMIT", raising=False)
+    assert provenance.git_commit() == ("unknown", False)
+    monkeypatch.setenv("DENSENET_COMMIT", "0123abc+changes")
+    assert provenance.git_commit() == ("0123abc", True)
+
+
+def test_deterministic_cuda_after_cuda_started_without_the_cublas_setting_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(ConfigError, match="CUBLAS_WORKSPACE_CONFIG=:4096:8 before CUDA starts"):
+        T.plan(tiny(tmp_path, deterministic=True, device="cuda"))
