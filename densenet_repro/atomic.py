@@ -75,3 +75,38 @@ def replace_dir(tmp: str | os.PathLike, folder: str | os.PathLike) -> bool:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         return False
+
+
+def write_texts(texts: dict[str | os.PathLike, str]) -> None:
+    """Replace several files together (e.g. a report's .html and .ipynb): every temporary is written and
+    fsync'ed first, and only then does each replace its target, so a write that fails (a full disk)
+    leaves every target as it was."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, text in texts.items():
+            tmp = temp_name(path)
+            written.append((tmp, Path(path)))
+            with open(tmp, "wb") as f:
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in written:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+
+
+def ensure_writable(folder: str | os.PathLike, fix: str) -> None:
+    """Create `folder` and write (then remove) a file in it, before any long work, so that a result
+    is never computed only to be lost; else a one-line OutputNotWritableError that ends with `fix`."""
+    from densenet_repro.errors import OutputNotWritableError
+
+    folder = Path(folder)
+    probe = folder / ".write-check"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text(probe, "")
+        probe.unlink()
+    except OSError as e:
+        raise OutputNotWritableError(f"cannot write to {folder} ({e.strerror or e}): {fix}") from None

@@ -264,3 +264,16 @@ def test_accuracy_check_has_its_own_scale_and_its_committed_runs_are_found():
     acc = bench.committed_accuracy("cpu")
     assert acc is not None, "results/bench/accuracy-* no longer match the check's configs"
     assert len(acc["runs"]) == 2 * len(bench.ACCURACY_SEEDS)
+
+
+def test_an_unwritable_out_is_refused_before_anything_is_measured(tmp_path, monkeypatch, capsys):
+    from densenet_repro.bench import cli as bench_cli
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before the output folder was checked")
+
+    monkeypatch.setattr(bench_cli, "run", measured)
+    (tmp_path / "afile").write_text("")
+    assert bench_cli.main(["--size", "tiny", "--out", str(tmp_path / "afile" / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write to" in err and "writable --out" in err

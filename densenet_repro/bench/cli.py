@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from densenet_repro import atomic
 from densenet_repro.bench.accuracy import run_accuracy
 from densenet_repro.bench.configs import SIZES
 from densenet_repro.bench.measure import DEFAULT_OUT, run, write_result
 from densenet_repro.bench.report import accuracy_table
+from densenet_repro.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"fp32 {acc['spread_fp32_pct']:.2f}, fast {acc['spread_fast_pct']:.2f}; |difference| within "
                   f"spread: {acc['same_within_spread']}; not worse: {acc['not_worse_within_spread']}")
             return 0
+        atomic.ensure_writable(args.out, "pass a writable --out DIR")  # before minutes of measuring
         result = run(args.size, do_compile=False if args.no_compile else None, rounds=args.rounds,
                      threads=args.threads, command=" ".join(["python -m densenet_repro bench", *(argv or [])]))
         path = write_result(result, args.out, args.name)
@@ -54,3 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except UserError as e:  # e.g. an output folder that cannot be written
+        print(f"error: {e}", file=sys.stderr)
+        return 1
