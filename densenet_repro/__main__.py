@@ -6,6 +6,7 @@
     bench    training/inference speed and memory benchmark (densenet_repro.bench)
     reports  execute the notebooks and render reports/ (densenet_repro.reports)
     gpu-check  what one short GPU slot measures: cuda tests, engine epochs, the headline run (densenet_repro.gpu_check)
+    evaluate  the headline run's test error recomputed from its weights without the engine (densenet_repro.independent_eval)
     upgrade-runs  bring run records that older versions wrote up to date (densenet_repro.records)
 
 Each command parses its own options; `python -m densenet_repro <command> --help` lists them.
@@ -24,6 +25,7 @@ COMMANDS = {
     "reports": ("densenet_repro.reports", "main"),
     "gpu-check": ("densenet_repro.gpu_check", "main"),
     "upgrade-runs": ("densenet_repro.cli", "upgrade_runs_main"),
+    "evaluate": ("densenet_repro.cli", "evaluate_main"),
 }
 
 

@@ -233,3 +233,29 @@ def upgrade_runs_main(argv: list[str] | None = None) -> int:
         return 0
 
     return guarded(p.prog, work)
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    import dataclasses as dc
+
+    from densenet_repro.experiments import headline_config
+    from densenet_repro.independent_eval import evaluate_run, write_result
+
+    p = OneLineParser(prog="python -m densenet_repro evaluate",
+                      description="Recompute a finished run's test error from its weights.pt without the training "
+                                  "engine (densenet_repro/independent_eval.py) and write independent_eval.json beside it.")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: $DENSENET_DATA or ./data)")
+    args = p.parse_args(argv)
+
+    def work() -> int:
+        run = plan(dc.replace(headline_config(data_root=args.data_root), data_source="folder"))
+        if run.finished is None:
+            raise ConfigError(f"{run.run_dir} is not finished: train it first (python -m densenet_repro table2 --headline)")
+        if run.source is None:
+            raise data_lib.DataNotFoundError(run.missing_data)
+        result = evaluate_run(run.finished, run.source.path)
+        print(f"{write_result(run.finished, result)}: {result['wrong']} of {result['test_images']} test images wrong "
+              f"({result['test_error_pct']:.2f} %; the engine reported {result['engine_final_test_error_pct']:.2f} %)")
+        return 0
+
+    return guarded(p.prog, work)
