@@ -1,7 +1,7 @@
 """Loading what a training run left behind: a run folder's weights into a bare model.
 
-Kept apart from the engine (train.py), which writes these files and names them: the analyses that
-read trained networks (feature reuse, deep supervision) need only this.
+Kept apart from the engine (train.py), which writes these files (runstore.py names them): the
+analyses that read trained networks (feature reuse, deep supervision) need only this.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from densenet_repro.errors import CheckpointError
-from densenet_repro.train import CHECKPOINT, WEIGHTS, read_summary
+from densenet_repro.runstore import CHECKPOINT, WEIGHTS, bare_state_dict, read_summary
 
 
 def load_run_weights(run_dir, model: nn.Module, how_to_train: str = "train that run first"
@@ -32,5 +32,5 @@ def load_run_weights(run_dir, model: nn.Module, how_to_train: str = "train that 
         state, epochs, finished = ckpt["model"], int(ckpt["epoch"]), False
     else:
         raise CheckpointError(f"{run_dir} has neither {WEIGHTS} nor {CHECKPOINT}: {how_to_train}")
-    model.load_state_dict({k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()})
+    model.load_state_dict(bare_state_dict(state))
     return model.eval(), epochs, finished

@@ -55,6 +55,12 @@ def run_roots(results: str | None, out: str) -> tuple[Path, ...]:
     return ((results_root(results),) if results else ()) + (out_root,)
 
 
+def bare_state_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """A saved state_dict without the prefixes that DDP (`module.`) and torch.compile (`_orig_mod.`)
+    add to the model the engine trained, so that a run trained either way loads into a bare model."""
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+
+
 def snapshot_path(run_dir: str | os.PathLike, epoch: int) -> Path:
     return Path(run_dir) / SNAPSHOTS / f"epoch_{epoch:03d}.pt"
 

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor
 
+from densenet_repro.models.head import ClassifierHead, GlobalPool, make_classifier
+
 BOTTLENECK_WIDTH = 4  # the 1x1 bottleneck conv produces 4k maps (paper, section 3)
 
 
@@ -157,8 +159,8 @@ def depth_to_block_config(depth: int, bottleneck: bool, num_blocks: int = 3) -> 
     return (per_block,) * num_blocks
 
 
-class DenseNet(nn.Module):
-    """Densely connected convolutional network (all variants of the paper).
+class DenseNet(ClassifierHead):
+    """Densely connected convolutional network (all variants of the paper), with timm's model interface.
 
     Args:
         depth: L in the paper, for the CIFAR/SVHN nets (3 equal blocks). Give either `depth`
@@ -169,19 +171,27 @@ class DenseNet(nn.Module):
         compression: theta in the paper (C when < 1): transitions output floor(theta*m) maps.
         drop_rate: dropout probability after every conv but the first (0.2 in the paper
             without data augmentation, else 0).
-        num_classes: outputs of the classifier.
+        num_classes: outputs of the classifier; 0: no classifier, the model returns the pooled features.
+        global_pool: timm's pooling before the classifier: "avg" (the paper's), "max", "avgmax",
+            "catavgmax", or "" (none: the feature map itself; needs num_classes=0).
+        in_chans: input channels (3).
         stem: "cifar" (3x3 conv, 32x32 inputs) or "imagenet" (7x7/2 conv, BN-ReLU, 3x3/2 max pool).
         num_init_features: k_0 of the first block, the stem's output maps. Default: the paper's,
             16 for CIFAR nets without bottleneck and compression, else 2k.
         memory_efficient: recompute cat -> BN -> ReLU -> first conv of each dense layer in the
             backward pass instead of storing it (Pleiss et al. 2017): same outputs and gradients,
             feature memory linear instead of quadratic in depth, some extra compute.
+
+    timm's interface (head.py): `forward_features` (the last map after norm5-ReLU), `forward_head`,
+    `get_classifier`, `reset_classifier`, and `feature_info`: the stem, then every dense block and
+    transition (features.conv0 or features.relu0, features.denseblock1, features.transition1, ...).
     """
 
     def __init__(self, depth: int | None = None, block_config: Sequence[int] | None = None,
                  growth_rate: int = 12, bottleneck: bool = False, compression: float = 1.0,
                  drop_rate: float = 0.0, num_classes: int = 10, stem: str = "cifar",
-                 num_init_features: int | None = None, memory_efficient: bool = False) -> None:
+                 num_init_features: int | None = None, memory_efficient: bool = False,
+                 global_pool: str = "avg", in_chans: int = 3) -> None:
         super().__init__()
         if (depth is None) == (block_config is None):
             raise ValueError("give exactly one of depth (L) or block_config")
@@ -191,8 +201,8 @@ class DenseNet(nn.Module):
             raise ValueError(f"compression theta must be in (0, 1], got {compression!r}")
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        if not isinstance(in_chans, int) or in_chans < 1:
+            raise ValueError(f"in_chans must be an integer >= 1, got {in_chans!r}")
         if stem not in ("cifar", "imagenet"):
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
         if block_config is None:
@@ -211,14 +221,19 @@ class DenseNet(nn.Module):
 
         if stem == "imagenet":
             stem_layers = [
-                ("conv0", nn.Conv2d(3, num_init_features, kernel_size=7, stride=2, padding=3, bias=False)),
+                ("conv0", nn.Conv2d(in_chans, num_init_features, kernel_size=7, stride=2, padding=3, bias=False)),
                 ("norm0", nn.BatchNorm2d(num_init_features)),
                 ("relu0", nn.ReLU(inplace=True)),
                 ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
             ]
         else:  # CIFAR/SVHN: one 3x3 conv; the first dense layer starts with its own BN-ReLU
-            stem_layers = [("conv0", nn.Conv2d(3, num_init_features, kernel_size=3, padding=1, bias=False))]
+            stem_layers = [("conv0", nn.Conv2d(in_chans, num_init_features, kernel_size=3, padding=1, bias=False))]
         self.features = nn.Sequential(OrderedDict(stem_layers))
+        # timm's feature maps (maps, reduction = input size / map size, module): the stem (the ImageNet
+        # one after its ReLU, at 1/2), then the output of every dense block and transition, in order
+        stem_module, stem_reduction = ("features.relu0", 2) if stem == "imagenet" else ("features.conv0", 1)
+        self.feature_info = [dict(num_chs=num_init_features, reduction=stem_reduction, module=stem_module)]
+        reduction = 4 if stem == "imagenet" else 1  # at the first block: after the ImageNet stem's max pool
 
         num_features = num_init_features
         for i, num_layers in enumerate(block_config):
@@ -226,25 +241,32 @@ class DenseNet(nn.Module):
                                 memory_efficient)
             self.features.add_module(f"denseblock{i + 1}", block)
             num_features += num_layers * growth_rate
+            self.feature_info.append(dict(num_chs=num_features, reduction=reduction, module=f"features.denseblock{i + 1}"))
             if i != len(block_config) - 1:
                 out_features = int(math.floor(compression * num_features))
                 self.features.add_module(f"transition{i + 1}",
                                          _Transition(num_features, out_features, drop_rate))
                 num_features = out_features
-        # Final BN (its ReLU is in forward): official code and torchvision, not in the paper text.
+                reduction *= 2
+                self.feature_info.append(dict(num_chs=num_features, reduction=reduction,
+                                              module=f"features.transition{i + 1}"))
+        # Final BN (its ReLU is in forward_features): official code and torchvision, not in the paper text.
         self.features.add_module("norm5", nn.BatchNorm2d(num_features))
-        self.classifier = nn.Linear(num_features, num_classes)
         self.num_features = num_features
+        self.num_classes = num_classes
+        self.global_pool = GlobalPool(global_pool)  # no parameters: the state_dict is torchvision's
+        self.classifier = make_classifier(num_features, num_classes, self.global_pool)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         official_init(self)
 
-    def forward(self, x: Tensor) -> Tensor:  # x: (N, 3, H, W)
-        features = self.features(x)  # (N, C, h, w)
-        out = F.relu(features, inplace=True)
-        out = F.adaptive_avg_pool2d(out, (1, 1)).flatten(1)  # (N, C)
-        return self.classifier(out)  # (N, num_classes)
+    def forward_features(self, x: Tensor) -> Tensor:  # x: (N, 3, H, W)
+        # self.features is called as a whole, so the fast CPU blocks (fast_dense.convert switches the
+        # blocks' class in place) and their statistics handed to the transitions work here too.
+        return F.relu(self.features(x), inplace=True)  # (N, num_features, h, w)
+
+    # forward(x) = forward_head(forward_features(x)): global average pool -> classifier (head.py)
 
 
 # --- Factories ----------------------------------------------------------------------------------

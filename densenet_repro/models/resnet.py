@@ -13,16 +13,19 @@
   baseline with neither short nor dense paths for the implicit-deep-supervision measurements.
 
 Depth counts conv and FC layers: 6n+2 for basic blocks, 9n+2 for bottleneck blocks.
+
+All three have timm's model interface (head.py), as the DenseNets: `forward_features`, `forward_head`,
+`reset_classifier`, num_classes=0 for pooled features, and `feature_info` (the stem and the three stages).
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from densenet_repro.models.densenet import official_init
+from densenet_repro.models.head import ClassifierHead, GlobalPool, make_classifier
 
 WIDTH = 16  # maps of the stem and of the first stage's 3x3 convs (x2, x4 in stages 2, 3), as in both ResNet papers
 
@@ -82,19 +85,26 @@ class _PreActBottleneck(nn.Module):
         return out + shortcut
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ClassifierHead):
     """ResNet for 32x32 inputs: 3x3 conv (16 maps), 3 stages at 32, 16, 8 pixels, pool, FC.
 
     Args:
         depth: conv + FC layers; 6n+2 (basic, post-activation) or 9n+2 (pre-activation bottleneck).
         preact_bottleneck: False for ResNet-110 style, True for pre-activation ResNet-164/1001.
-        num_classes: outputs of the classifier.
+        num_classes: outputs of the classifier; 0: no classifier, the model returns the pooled features.
         residual: False drops the shortcuts of the basic blocks (the plain CNN).
         width: maps of the stem and first stage (the papers' 16); reduced budgets narrow the nets.
+        global_pool: timm's pooling before the classifier ("avg", the papers'; see head.py).
+        in_chans: input channels (3).
+
+    `feature_info`: the stem (after its BN-ReLU, `act1`; the pre-activation nets' stem is the bare
+    `conv1`), then the outputs of `layer1`, `layer2`, `layer3`.
     """
 
+    classifier_name = "fc"
+
     def __init__(self, depth: int, preact_bottleneck: bool, num_classes: int = 10, residual: bool = True,
-                 width: int = WIDTH) -> None:
+                 width: int = WIDTH, global_pool: str = "avg", in_chans: int = 3) -> None:
         super().__init__()
         per_layer = 9 if preact_bottleneck else 6
         n, rest = divmod(depth - 2, per_layer)
@@ -108,9 +118,13 @@ class CifarResNet(nn.Module):
         self.preact = preact_bottleneck
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be an integer >= 1, got {width!r}")
-        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        if not isinstance(in_chans, int) or in_chans < 1:
+            raise ValueError(f"in_chans must be an integer >= 1, got {in_chans!r}")
+        self.conv1 = nn.Conv2d(in_chans, width, 3, padding=1, bias=False)
         if not preact_bottleneck:
             self.bn1 = nn.BatchNorm2d(width)
+            self.act1 = nn.ReLU(inplace=True)  # a module, so timm's feature wrapper replays the stem exactly
+        self.feature_info = [dict(num_chs=width, reduction=1, module="conv1" if preact_bottleneck else "act1")]
         in_planes = width
         stages = []
         for i, planes in enumerate((width, 2 * width, 4 * width)):
@@ -121,21 +135,26 @@ class CifarResNet(nn.Module):
                               else block(in_planes, planes, stride))
                 in_planes = planes * expansion
             stages.append(nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=in_planes, reduction=2 ** i, module=f"layer{i + 1}"))
         self.layer1, self.layer2, self.layer3 = stages
         if preact_bottleneck:
             self.bn_final = nn.BatchNorm2d(in_planes)  # pre-activation nets end with BN-ReLU
-        self.fc = nn.Linear(in_planes, num_classes)
+        self.num_features = in_planes
+        self.num_classes = num_classes
+        self.global_pool = GlobalPool(global_pool)  # no parameters
+        self.fc = make_classifier(in_planes, num_classes, self.global_pool)
         official_init(self)  # as fb.resnet.torch, where the DenseNet code took it from
 
-    def forward(self, x: Tensor) -> Tensor:  # (N, 3, 32, 32)
+    def forward_features(self, x: Tensor) -> Tensor:  # (N, 3, 32, 32) -> (N, C, 8, 8)
         out = self.conv1(x)
         if not self.preact:
-            out = F.relu(self.bn1(out), inplace=True)
-        out = self.layer3(self.layer2(self.layer1(out)))  # (N, C, 8, 8)
+            out = self.act1(self.bn1(out))
+        out = self.layer3(self.layer2(self.layer1(out)))
         if self.preact:
             out = F.relu(self.bn_final(out), inplace=True)
-        out = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)  # (N, C)
-        return self.fc(out)
+        return out
+
+    # forward(x) = forward_head(forward_features(x)): global average pool -> fc (head.py)
 
 
 def resnet(depth: int = 110, num_classes: int = 10, **kwargs) -> CifarResNet:
