@@ -11,16 +11,14 @@ Nothing here is typed in except what is quoted from the paper or from torchvisio
   receives in a forward pass (`connections`, drawn by `draw_connections`);
 - FLOPs come from torch.utils.flop_counter.FlopCounterMode, which counts 2 FLOPs per
   multiply-add; we report multiply-adds (MACs), the unit of torchvision's "GFLOPS" (`macs`);
-- Figure 3 puts params and MACs of our DenseNet-121/169/201/264 and torchvision's ResNet-18..152
-  beside their published ImageNet top-1 errors (`figure3_table`, `figure3_plot`);
-- the torchvision equivalence check loads torchvision's state_dict into ours (`torchvision_equivalence`).
+- Figure 3 and the torchvision equivalence check, the ImageNet side of the notebook, are in imagenet.py.
 
 Shapes, parameter counts and FLOPs need no numbers, so the models are built on the "meta" device:
 no memory, no initialisation cost, a 224x224 forward pass of DenseNet-264 in well under a second.
 
-Why one module (~560 lines): it is notebook 01's module, as figure4.py, feature_reuse.py and
-deep_supervision.py serve notebooks 03-05: each function is one of its tables or figures, and
-`verdicts` and `coverage_entries` read them all together.
+Notebook 01's module (with imagenet.py), as figure4.py, feature_reuse.py and deep_supervision.py
+serve notebooks 03-05: each function is one of its tables or figures, and `verdicts` and
+`coverage_entries` read them all together.
 """
 
 from __future__ import annotations
@@ -36,19 +34,12 @@ from densenet_repro.models import DenseNet, create_model
 from densenet_repro.models.registry import PAPER_PARAMS
 
 TABLE1_MODELS = ("densenet121", "densenet169", "densenet201", "densenet264")
-FIGURE3_DENSENETS = TABLE1_MODELS
-FIGURE3_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-EQUIVALENCE_MODELS = ("densenet121", "densenet161", "densenet169", "densenet201")
-
-# Quoted from the paper, Table 3: ImageNet validation top-1 error (%), single-crop.
-PAPER_TABLE3_TOP1_SINGLE_CROP = {"densenet121": 25.02, "densenet169": 23.80, "densenet201": 22.58,
-                                 "densenet264": 22.15}
 
 # Row labels of the paper's Table 2 (the method as printed, and L), from densenet_repro.paper.
 TABLE2_LABELS = {r.model: (r.method, r.depth) for r in paper.TABLE2 if r.model}
 
 
-def _pretty(name: str) -> str:
+def display_name(name: str) -> str:
     """'densenet121' -> 'DenseNet-121', 'resnet50' -> 'ResNet-50'."""
     for prefix, label in (("densenet", "DenseNet-"), ("resnet", "ResNet-")):
         if name.startswith(prefix) and name[len(prefix):].isdigit():
@@ -164,7 +155,7 @@ def table1(names: Sequence[str] = TABLE1_MODELS, image_size: int = 224):
             raise ValueError(f"{n} has other layer groups/output sizes than {names[0]}: not one Table 1")
     data = {"Layers": [r[0] for r in first], "Output Size": [r[1] for r in first]}
     for n, rows in per_model.items():
-        data[_pretty(n) + f" (k = {models[n].growth_rate})"] = [r[2] for r in rows]
+        data[display_name(n) + f" (k = {models[n].growth_rate})"] = [r[2] for r in rows]
     return pd.DataFrame(data)
 
 
@@ -175,9 +166,9 @@ def stage_channels(names: Sequence[str] = TABLE1_MODELS, image_size: int = 224):
     cols = {}
     for n in names:
         shapes = stage_shapes(build(n), image_size)
-        cols[_pretty(n)] = {k: v[1] for k, v in shapes.items() if "." not in k and len(v) == 4
+        cols[display_name(n)] = {k: v[1] for k, v in shapes.items() if "." not in k and len(v) == 4
                             and not k.startswith(("norm", "relu"))}
-    return pd.DataFrame(cols)
+    return pd.DataFrame(cols).rename_axis("stage").reset_index()
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,7 +351,7 @@ def draw_connections(conn: dict[str, Any], ax=None):
 
 
 # --------------------------------------------------------------------------------------------
-# FLOPs and Figure 3
+# FLOPs
 # --------------------------------------------------------------------------------------------
 
 
@@ -379,113 +370,19 @@ def macs(model_or_name: nn.Module | str, image_size: int = 224) -> int:
     return flops // 2
 
 
-def _torchvision_weights(name: str):
-    import torchvision
+def model_summary(names: Iterable[str] | None = None):
+    """Parameters and MACs of every named model at its native input size (32 or 224).
 
-    enum_name = {"densenet": "DenseNet", "resnet": "ResNet"}[name.rstrip("0123456789")] + \
-        name.lstrip("abcdefghijklmnopqrstuvwxyz") + "_Weights"
-    enum = getattr(torchvision.models, enum_name, None)
-    return None if enum is None else enum.IMAGENET1K_V1
-
-
-def torchvision_published(name: str) -> dict[str, float] | None:
-    """What torchvision publishes with its IMAGENET1K_V1 weights (read locally, no download):
-    top-1 accuracy (%) and GFLOPS (multiply-adds). None for nets torchvision does not have."""
-    w = _torchvision_weights(name)
-    if w is None:
-        return None
-    return {"acc@1": w.meta["_metrics"]["ImageNet-1K"]["acc@1"], "gmacs": w.meta.get("_ops"),
-            "params": w.meta.get("num_params")}
-
-
-def figure3_table(densenets: Sequence[str] = FIGURE3_DENSENETS, resnets: Sequence[str] = FIGURE3_RESNETS,
-                  image_size: int = 224):
-    """Params and MACs (measured here) against published ImageNet top-1 error (quoted) for Figure 3.
-
-    DenseNets: our models; error from the paper's Table 3 (single-crop).
-    ResNets: torchvision's models (weights=None); error = 100 - the acc@1 torchvision publishes
-    with its IMAGENET1K_V1 weights. (The paper's Figure 3 used fb.resnet.torch's ResNets.)
+    The families (`densenet`, `preact_resnet`, ...) are left out: built without arguments they are
+    one of the named models again (`densenet` is `densenet40_k12`), and at other sizes they are
+    counted where they are trained (notebooks 03-05).
     """
     import pandas as pd
 
-    rows = []
-    for name in list(densenets) + list(resnets):
-        is_dense = name in densenets
-        model = build(name if is_dense else "tv:" + name)
-        pub = torchvision_published(name)
-        if is_dense:
-            err, source = PAPER_TABLE3_TOP1_SINGLE_CROP[name], "paper Table 3, single-crop (quoted)"
-        else:
-            err, source = round(100 - pub["acc@1"], 3), "100 - torchvision acc@1, IMAGENET1K_V1 (quoted)"
-        rows.append({
-            "model": _pretty(name),
-            "family": "DenseNet" if is_dense else "ResNet",
-            "params (M)": round(count_params(model) / 1e6, 2),
-            "GMACs (ours)": round(macs(model, image_size) / 1e9, 3),
-            "GMACs (torchvision, quoted)": None if pub is None else pub["gmacs"],
-            "top-1 error (%)": err,
-            "error source": source,
-        })
-    return pd.DataFrame(rows)
-
-
-def figure3_plot(df):
-    """The two panels of Figure 3: top-1 error against parameters and against multiply-adds."""
-    from densenet_repro import plots
-
-    fig, (a, b) = plots.figure(ncols=2)
-    df = df.assign(name=df["model"].str.split("-").str[1])
-    for ax, x, xlabel in ((a, "params (M)", "parameters (millions)"),
-                          (b, "GMACs (ours)", "multiply-adds (G) per 224×224 image")):
-        plots.lines_by_family(ax, df, x, "top-1 error (%)", label="name")
-        ax.set_xlabel(xlabel)
-    # below the panels, not inside one: inside, it ran into the labels of the lowest points
-    fig.supxlabel("errors quoted: DenseNet, paper Table 3; ResNet, torchvision", fontsize="x-small", color="0.4")
-    fig.suptitle("Figure 3: ImageNet top-1 error (single-crop) vs. parameters and FLOPs")
-    return fig
-
-
-# --------------------------------------------------------------------------------------------
-# torchvision equivalence
-# --------------------------------------------------------------------------------------------
-
-
-def torchvision_equivalence(names: Sequence[str] = EQUIVALENCE_MODELS, image_size: int = 64, seed: int = 0):
-    """Load torchvision's state_dict (random init, weights=None) strictly into ours and compare
-    the eval-mode logits on a random batch of two image_size x image_size images."""
-    import pandas as pd
+    from densenet_repro.models.registry import FAMILY_MODELS, IMAGENET_MODELS, list_models
 
     rows = []
-    for name in names:
-        torch.manual_seed(seed)
-        tv = build("tv:" + name, device="cpu")
-        ours = build(name, device="cpu")
-        result = ours.load_state_dict(tv.state_dict(), strict=True)  # raises on any mismatch
-        ours.eval()
-        x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
-        with torch.no_grad():
-            a, b = tv(x), ours(x)
-        diff = (a - b).abs().max().item()
-        rows.append({
-            "model": name,
-            "params (ours)": count_params(ours),
-            "params (torchvision)": count_params(tv),
-            "strict load": not result.missing_keys and not result.unexpected_keys,
-            "max |logit diff|": diff,
-            "same logits (atol 1e-5)": bool(torch.allclose(a, b, atol=1e-5, rtol=1e-5)),
-        })
-        del tv, ours
-    return pd.DataFrame(rows)
-
-
-def model_summary(names: Iterable[str] | None = None):
-    """Parameters and MACs of every registered model at its native input size (32 or 224)."""
-    import pandas as pd
-
-    from densenet_repro.models.registry import IMAGENET_MODELS, list_models
-
-    rows = []
-    for name in names or list_models():
+    for name in names or [m for m in list_models() if m not in FAMILY_MODELS]:
         size = 224 if name in IMAGENET_MODELS else 32
         model = build(name)
         rows.append({"model": name, "input": f"{size}×{size}", "params": count_params(model),
@@ -493,12 +390,20 @@ def model_summary(names: Iterable[str] | None = None):
     return pd.DataFrame(rows)
 
 
-def verdicts(growth, conn, params, summary, equiv, fig3):
-    """One row per claim of notebook 01: what was measured here and whether it holds.
+# Notebook 01's verdicts need no training: the same at every budget.
+SCOPE_TEXT = "computed from the models; nothing is trained"
+MEASURED, QUOTED_ERRORS = "measured here", "parameters measured here; errors quoted (paper's Table 3, torchvision)"
 
-    The thresholds are stated in the rows; nothing is decided by hand.
+
+def verdicts(growth, conn, params, summary, equiv, fig3):
+    """One row per claim of notebook 01: what was measured here, the verdict, and what it rests on.
+
+    The thresholds are stated in the rows; nothing is decided by hand. A claim that compares quoted
+    errors rests on them: it is shown, but not counted among the claims measured here.
     """
     import pandas as pd
+
+    from densenet_repro import stats, verdicts as verdict_text
 
     dense = params[params["model"].str.startswith("densenet")]
     resn = params[~params["model"].str.startswith("densenet")]
@@ -507,30 +412,50 @@ def verdicts(growth, conn, params, summary, equiv, fig3):
     L = conn["L"]
     rows = [
         ("layer l of a block sees k_0 + k(l-1) input maps",
-         f"{int(growth['matches'].sum())}/{len(growth)} layers match", bool(growth["matches"].all())),
+         f"{int(growth['matches'].sum())}/{len(growth)} layers match", bool(growth["matches"].all()), MEASURED),
         ("a block of L layers has L(L+1)/2 direct connections",
          f"{len(conn['edges'])} traced for L = {L}; L(L+1)/2 = {L * (L + 1) // 2}",
-         len(conn["edges"]) == L * (L + 1) // 2),
+         len(conn["edges"]) == L * (L + 1) // 2, MEASURED),
         ("DenseNet parameter counts round to Table 2",
          f"{int(dense['rounds to paper'].sum())}/{len(dense)} round to the quoted value",
-         bool(dense["rounds to paper"].all())),
+         bool(dense["rounds to paper"].all()), MEASURED),
         ("ResNet baselines within 2% of Table 2",
          f"max |deviation| {resn['deviation (%)'].abs().max():.2f}%",
-         bool((resn["deviation (%)"].abs() <= 2).all())),
+         bool((resn["deviation (%)"].abs() <= 2).all()), MEASURED),
         ("DenseNet-121 costs 2.83 G multiply-adds at 224x224 (torchvision: 2.834)",
-         f"{gmacs121:.3f} G", round(gmacs121, 2) == 2.83),
+         f"{gmacs121:.3f} G", round(gmacs121, 2) == 2.83, MEASURED),
         ("torchvision's DenseNet state_dicts load strictly into ours, same logits",
          f"{int(equiv['strict load'].sum())}/{len(equiv)} strict, max |logit diff| "
          f"{equiv['max |logit diff|'].max():.1e}",
-         bool(equiv["strict load"].all() and equiv["same logits (atol 1e-5)"].all())),
-        ("DenseNet-201 is about as accurate as ResNet-101 with less than half the parameters "
-         "(errors quoted)",
+         bool(equiv["strict load"].all() and equiv["same logits (atol 1e-5)"].all()), MEASURED),
+        ("DenseNet-201 is about as accurate as ResNet-101 with less than half the parameters",
          f"{f3.loc['DenseNet-201', 'params (M)']:.1f}M vs {f3.loc['ResNet-101', 'params (M)']:.1f}M params; "
-         f"{f3.loc['DenseNet-201', 'top-1 error (%)']:.2f}% vs {f3.loc['ResNet-101', 'top-1 error (%)']:.2f}%",
+         f"{f3.loc['DenseNet-201', 'top-1 error (%)']:.2f}% vs {f3.loc['ResNet-101', 'top-1 error (%)']:.2f}% (quoted)",
          bool(f3.loc["DenseNet-201", "params (M)"] < 0.5 * f3.loc["ResNet-101", "params (M)"]
-              and abs(f3.loc["DenseNet-201", "top-1 error (%)"] - f3.loc["ResNet-101", "top-1 error (%)"]) < 0.5)),
+              and abs(f3.loc["DenseNet-201", "top-1 error (%)"] - f3.loc["ResNet-101", "top-1 error (%)"]) < 0.5),
+         QUOTED_ERRORS),
     ]
-    return pd.DataFrame(rows, columns=["claim", "measured here", "holds"])
+    scope = verdict_text.Scope(None, SCOPE_TEXT)
+    return pd.DataFrame([(claim, measured, ok, verdict_text.text(stats.HOLDS if ok else stats.FAILS, scope), basis)
+                         for claim, measured, ok, basis in rows],
+                        columns=["claim", "measured here", "holds", "verdict", "rests on"])
+
+
+def claims(table) -> list[dict[str, Any]]:
+    """The verdicts table as claim records for the index (densenet_repro.verdicts)."""
+    from densenet_repro import stats, verdicts as verdict_text
+
+    scope = verdict_text.Scope(None, SCOPE_TEXT)
+    return [verdict_text.claim(r["claim"], stats.HOLDS if r["holds"] else stats.FAILS, scope,
+                               r["measured here"], [] if r["rests on"] == MEASURED else [f"rests on quoted numbers: "
+                                                                                         f"{r['rests on']}"])
+            for _, r in table.iterrows()]
+
+
+def holding_text(table) -> str:
+    """'6/6' of the claims measured here hold (a claim resting on quoted errors is not counted)."""
+    measured = table[table["rests on"] == MEASURED]
+    return f"{int(measured['holds'].sum())}/{len(measured)}"
 
 
 def coverage_entries(params, conn, growth, fig3) -> list[dict[str, Any]]:
@@ -561,6 +486,5 @@ def coverage_entries(params, conn, growth, fig3) -> list[dict[str, Any]]:
 
 __all__ = [
     "table1", "stage_channels", "param_table", "growth_table", "growth_plot", "connections",
-    "draw_connections", "macs", "figure3_table", "figure3_plot", "torchvision_equivalence",
-    "torchvision_published", "model_summary", "verdicts", "coverage_entries", "PAPER_TABLE3_TOP1_SINGLE_CROP",
+    "draw_connections", "macs", "model_summary", "verdicts", "claims", "holding_text", "coverage_entries",
 ]

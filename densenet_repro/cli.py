@@ -10,35 +10,15 @@ import argparse
 import dataclasses
 import json
 import sys
-from typing import Callable
 
 from densenet_repro import data as data_lib
 from densenet_repro.budgets import BUDGETS
-from densenet_repro.errors import ConfigError, UserError
+from densenet_repro.errors import ConfigError, guarded
 from densenet_repro.experiments import budget_config, run_comparisons, run_table2, scaling_table, table2_cells
 from densenet_repro.config import AMP_MODES, PROGRESS_MODES, RunConfig
 from densenet_repro.plan import plan
 from densenet_repro.runstore import CHECKPOINT
 from densenet_repro.train import train
-
-INTERRUPTED = ("interrupted: nothing is lost; every finished epoch is in its run's checkpoint.pt "
-               "(rerun with --resume to continue)")
-
-
-def guarded(prog: str, work: Callable[[], int]) -> int:
-    """A command's work: a UserError is one line and exit 1, Ctrl-C one line and exit 130; anything
-    else is a bug in this package and keeps its traceback."""
-    try:
-        return work()
-    except UserError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: {INTERRUPTED}", file=sys.stderr)
-        return 130
-
-
-
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line (with the valid values) and exits 2."""

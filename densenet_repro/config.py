@@ -210,6 +210,20 @@ def lr_at(config: RunConfig, epoch: int) -> float:
     return config.lr * config.lr_decay ** drops
 
 
+def lr_schedule_text(config) -> str:
+    """The learning rate of every epoch of a run, in words: 'LR 0.1 in epochs 1-15, 0.01 in 16-22, 0.001 in 23-30'."""
+    config = config.resolved()
+    lrs = [lr_at(config, e) for e in range(config.epochs)]
+    spans = []
+    for e, lr in enumerate(lrs, start=1):
+        if spans and spans[-1][2] == lr:
+            spans[-1][1] = e
+        else:
+            spans.append([e, e, lr])
+    return "LR " + ", ".join(f"{lr:g} in epoch{'s' if a != b else ''} {a}{f'-{b}' if a != b else ''}"
+                             for a, b, lr in spans)
+
+
 def parse_device(name: str) -> torch.device:
     """'auto', 'cpu', 'cuda' or 'cuda:N' as a torch.device (auto: cuda if available, else cpu)."""
     if name == "auto":

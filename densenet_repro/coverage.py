@@ -15,6 +15,7 @@ Statuses, from strongest to weakest:
     exact      the paper's number, reproduced to the precision it is printed with
     computed   computed here from the code (not necessarily equal to the paper's number)
     scaled     trained here at a reduced budget (label: "scaled (<budget> budget)")
+    in progress  a run of it is training (the entry names the run; the index says how far it is now)
     quoted     the paper's (or a library's) number, shown and labelled as quoted
     prepared   a script or config exists, but it has not been run ("prepared but not run")
     planned    nothing yet
@@ -29,7 +30,7 @@ from typing import Any, Iterable, Mapping
 
 from densenet_repro import paper
 
-STATUSES = ("exact", "computed", "scaled", "quoted", "prepared", "planned")
+STATUSES = ("exact", "computed", "scaled", "in progress", "quoted", "prepared", "planned")
 _STATUS_TEXT = {"prepared": "prepared but not run"}
 
 
@@ -70,8 +71,10 @@ PAPER_ITEMS: tuple[Item, ...] = (
 _ITEMS = {it.name: it for it in PAPER_ITEMS}
 
 
-def entry(item: str, aspect: str, status: str, note: str = "", budget: str | None = None) -> dict[str, Any]:
-    """One coverage record: `item` (a PAPER_ITEMS name), one of its aspects, a status, a short note.
+def entry(item: str, aspect: str, status: str, note: str = "", budget: str | None = None,
+          run: str | None = None) -> dict[str, Any]:
+    """One coverage record: `item` (a PAPER_ITEMS name), one of its aspects, a status, a short note;
+    an "in progress" record names its run folder (`run`, as provenance.progress_entry does).
 
     Raises ValueError for an unknown item, aspect or status (a typo must not read as 'planned').
     """
@@ -83,18 +86,27 @@ def entry(item: str, aspect: str, status: str, note: str = "", budget: str | Non
         raise ValueError(f"unknown coverage status {status!r}; use one of {', '.join(STATUSES)}")
     if status == "scaled" and not budget:
         raise ValueError("a 'scaled' entry names its budget")
-    return {"item": item, "aspect": aspect, "status": status, "note": str(note), "budget": budget}
+    if (status == "in progress") != bool(run):
+        raise ValueError("an 'in progress' entry, and only one, names its run folder (run=...)")
+    out = {"item": item, "aspect": aspect, "status": status, "note": str(note), "budget": budget}
+    return out | ({"run": run} if run else {})
 
 
 def check_entries(entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Validate coverage records (as `entry` makes them); returns them as plain dicts."""
-    return [entry(e["item"], e["aspect"], e["status"], e.get("note", ""), e.get("budget")) for e in entries]
+    return [entry(e["item"], e["aspect"], e["status"], e.get("note", ""), e.get("budget"), e.get("run"))
+            for e in entries]
+
+
+def status_name(status: str) -> str:
+    """A status as a reader reads it ("prepared" -> "prepared but not run")."""
+    return _STATUS_TEXT.get(status, status)
 
 
 def status_text(e: Mapping[str, Any]) -> str:
     if e["status"] == "scaled":
         return f"scaled ({e['budget']} budget)"
-    return _STATUS_TEXT.get(e["status"], e["status"])
+    return status_name(e["status"])
 
 
 def entries_from_runs(files: Iterable[str], root: Path | None = None) -> list[dict[str, Any]]:
@@ -148,13 +160,15 @@ def coverage_rows(reports: Iterable[Mapping[str, Any]], root: Path | None = None
         for a in it.aspects:
             got = best.get((it.name, a), [])
             if not got:
-                aspects.append({"aspect": a, "status": "planned", "text": "planned", "where": [], "notes": []})
+                aspects.append({"aspect": a, "status": "planned", "text": "planned", "where": [], "notes": [],
+                                "runs": []})
                 continue
             rank = min(STATUSES.index(e["status"]) for e, _ in got)
             top = [(e, w) for e, w in got if STATUSES.index(e["status"]) == rank]
             texts = sorted({status_text(e) for e, _ in top})
             aspects.append({"aspect": a, "status": STATUSES[rank], "text": " / ".join(texts),
-                            "where": sorted({w for _, w in top}), "notes": [e["note"] for e, _ in top if e["note"]]})
+                            "where": sorted({w for _, w in top}), "notes": [e["note"] for e, _ in top if e["note"]],
+                            "runs": sorted({e["run"] for e, _ in top if e.get("run")})})
         rows.append({"item": it.name, "what": it.what, "aspects": aspects,
                      "status": _summary(aspects)})
     return rows

@@ -20,6 +20,7 @@ residual blocks, the plain CNN's blocks of two convs.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -27,8 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from densenet_repro.models.densenet import DenseNet, _DenseBlock, _DenseLayer, _Transition
+from densenet_repro.models.densenet import DenseNet, _DenseLayer, _Transition
 from densenet_repro.models.resnet import CifarResNet
+from densenet_repro.runstore import results_root
 
 PROBE_RIDGE = 1e-2  # ridge penalty of the probes, relative to the mean feature variance (standardised features)
 
@@ -209,9 +211,10 @@ def probe_summary(df, first_fraction: float = 0.5) -> Any:
 
 
 def figure(df):
+    """Gradient RMS and probe accuracy per layer, one legend for both panels below them."""
     from densenet_repro import plots
 
-    fig, (ax1, ax2) = plots.figure(ncols=2)
+    fig, (ax1, ax2) = plots.figure(ncols=2, height=5.0)
     for i, (name, sub) in enumerate(df.groupby("network", sort=False)):
         for state, style in (("initialisation", ":"), ("trained", "-")):
             s = sub[sub["state"] == state]
@@ -223,7 +226,8 @@ def figure(df):
             ylabel="RMS of dLoss/d(output)", title="Loss gradient reaching each layer")
     ax2.set(xlabel="relative depth of the layer", ylabel="linear probe accuracy (%)",
             title="Linear probe on each layer's features")
-    ax1.legend(fontsize="x-small")
+    handles, labels = ax1.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize="small")
     return fig
 
 
@@ -244,30 +248,163 @@ def networks(runs: dict) -> dict[str, tuple[nn.Module, nn.Module]]:
 
 def load_probe_data(budget: str, data_root: str | None):
     """C10+ as the runs saw it (synthetic at the smoke budget)."""
-    from densenet_repro.data import SYNTHETIC_SIZE, load_data
+    from densenet_repro.data import SYNTHETIC_SIZE, load
 
     if budget == "smoke":
-        return load_data("c10+", source="synthetic", train_subset=SYNTHETIC_SIZE[0], test_subset=SYNTHETIC_SIZE[1],
-                         download=False)
-    return load_data("c10+", data_root=data_root, download=False)
+        return load("c10+", source="synthetic", train_subset=SYNTHETIC_SIZE[0], test_subset=SYNTHETIC_SIZE[1],
+                    download=False)
+    return load("c10+", data_root=data_root, download=False)
 
 
 def dataset_text(data) -> str:
     return data.source.description
 
 
+# ----------------------------------------------------------------------------------------------
+# The measurements, made once on the data and kept beside the runs they measure
+# ----------------------------------------------------------------------------------------------
+
+# Bumped whenever what `measure` computes changes: a kept measurement of another version is made again.
+MEASUREMENT_VERSION = 1
+MEASUREMENTS_DIR = "implicit_supervision"  # under results/, beside the runs
+
+
+def measurement_key(runs: dict, budget: str) -> dict[str, Any]:
+    """What a kept measurement must match to be reused: the runs, the images, the method's settings."""
+    return {"version": MEASUREMENT_VERSION, "budget": budget,
+            "runs": sorted(Path(s["run_dir"]).name for s in runs.values()), "probe_images": PROBE_IMAGES[budget],
+            "gradient_batches": GRAD_BATCHES, "probe_ridge": PROBE_RIDGE}
+
+
+def measurements(runs: dict, budget: str, data_root: str | None, results: str = "results"):
+    """`measure` on the trained runs: (per-layer DataFrame, gradient ratios, source).
+
+    The measurement needs the images; it is made once and kept as
+    results/implicit_supervision/measurements-<budget>.json (except at the smoke budget), so that the
+    report renders from results/ alone, like every other. A kept file is reused while it matches
+    `measurement_key` (the same runs, images and settings); delete it to measure again. `source` says
+    which data was measured and which file holds the numbers (for provenance.record).
+    """
+    import json
+
+    import pandas as pd
+
+    from densenet_repro import atomic
+
+    key = measurement_key(runs, budget)
+    path = results_root(results) / MEASUREMENTS_DIR / f"measurements-{budget}.json"
+    kept = json.loads(path.read_text(encoding="utf-8")) if budget != "smoke" and path.is_file() else None
+    if kept is None or kept.get("key") != key:
+        data = load_probe_data(budget, data_root)
+        layers, ratios = measure(networks(runs), data, PROBE_IMAGES[budget])
+        kept = {"key": key, "dataset": dataset_text(data), "layers": layers.to_dict(orient="records"),
+                "ratios": [{"network": n, "state": st, "ratios": [float(x) for x in r]}
+                           for (n, st), r in ratios.items()]}
+        if budget == "smoke":
+            return layers, ratios, {"dataset": kept["dataset"], "files": []}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(path, kept)
+    layers = pd.DataFrame(kept["layers"])
+    ratios = {(r["network"], r["state"]): r["ratios"] for r in kept["ratios"]}
+    return layers, ratios, {"dataset": kept["dataset"], "files": [path.as_posix()]}
+
+
+HEADLINE_LABEL = "DenseNet (L=40, k=12), the Table 2 headline run"
+
+
+def headline_measurements(budget: str, data_root: str | None, results: str = "results"):
+    """`measure` on the Table 2 headline network once it is finished (cpu budget): (per-layer DataFrame
+    or None, source). Kept as results/implicit_supervision/headline-<budget>.json, keyed by its weights
+    file, like `measurements`; before the run finishes: (None, a source that says so)."""
+    import hashlib
+    import json
+
+    import pandas as pd
+
+    from densenet_repro import atomic, create_model, experiments
+    from densenet_repro.plan import plan
+    from densenet_repro.run_weights import load_run_weights
+    from densenet_repro.runstore import WEIGHTS
+
+    run = plan(experiments.headline_config(data_root=data_root, results=results)) if budget == "cpu" else None
+    if run is None or run.finished is None:
+        return None, {"dataset": None, "files": [], "note": "the headline run has not finished: not measured yet"}
+    weights = run.finished / WEIGHTS
+    key = {"version": MEASUREMENT_VERSION, "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+           "probe_images": PROBE_IMAGES[budget], "gradient_batches": GRAD_BATCHES, "probe_ridge": PROBE_RIDGE}
+    path = results_root(results) / MEASUREMENTS_DIR / f"headline-{budget}.json"
+    kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if kept is None or kept.get("key") != key:
+        torch.manual_seed(run.config.seed)
+        untrained = create_model(run.config.model)
+        trained, _, _ = load_run_weights(run.finished, create_model(run.config.model))
+        data = load_probe_data(budget, data_root)
+        layers, _ = measure({HEADLINE_LABEL: (untrained, trained)}, data, PROBE_IMAGES[budget])
+        kept = {"key": key, "dataset": dataset_text(data), "layers": layers.to_dict(orient="records")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(path, kept)
+    return pd.DataFrame(kept["layers"]), {"dataset": kept["dataset"], "files": [path.as_posix(), weights.as_posix()]}
+
+
+def scope(runs: dict, budget: str):
+    """The budget the supervision verdicts are reached at: epochs, one network per family, their sizes."""
+    from densenet_repro import verdicts
+
+    if not runs:
+        return verdicts.Scope(budget, "no run finished yet")
+    epochs = sorted({s["epochs"] for s in runs.values()})
+    params = sorted(s["params"] for s in runs.values())
+    sizes = f"{params[0] / 1e3:.0f}k-{params[-1] / 1e3:.0f}k parameters"
+    schedule = f"{' or '.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''} of the paper's 300"
+    return verdicts.Scope(budget, f"{schedule}, one network per family ({sizes}), intervals over {GRAD_BATCHES} batches")
+
+
+def claims(gradients, runs: dict, budget: str) -> list[dict[str, Any]]:
+    """The gradient comparisons after training as claim records for the index."""
+    from densenet_repro import verdicts
+
+    out = []
+    for _, r in gradients[gradients["state"] == "trained"].iterrows():
+        low, high = (float(x) for x in r["difference [95% interval]"].split("[", 1)[1].rstrip("]").split(","))
+        out.append(verdicts.claim(f"Implicit deep supervision (section 4): the loss reaches the first layer of "
+                                  f"{r['comparison'].replace(' vs ', ' relatively more strongly than that of ')}",
+                                  r.iloc[-1], scope(runs, budget),
+                                  f"log10 first/last-layer gradient RMS {r['log10 first/last gradient RMS']}, "
+                                  f"difference {r['difference [95% interval]']}",
+                                  [verdicts.edge_caveat(low, high, 0.0)]))
+    return out
+
+
+def scaling_text(points, budget: str) -> str:
+    """What this budget scales for section 4's three networks, computed from their configs."""
+    from densenet_repro import sweeps
+    from densenet_repro.data import SYNTHETIC_SIZE
+    from densenet_repro.config import lr_schedule_text
+
+    if budget == "paper":
+        return "The paper's protocol: 300 epochs, all 50,000 training images."
+    configs = [sweeps.config(p, budget, 0, "implicit_supervision") for p in points]
+    epochs = sorted({c.resolved().epochs for c in configs})
+    data = (f"{SYNTHETIC_SIZE[0]} synthetic images (numbers mean nothing)" if budget == "smoke"
+            else "all 50,000 training and 10,000 test images")
+    return (f"Scaled at the {budget} budget: {', '.join(p.label() for p in points)}, "
+            f"{' or '.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''} each (the paper trains its "
+            f"DenseNets for 300 and trains no comparison networks for this argument); "
+            f"{lr_schedule_text(configs[0])}; {data}; seed {', '.join(map(str, sweeps.SUPERVISION_SEEDS))}.")
+
+
 def headlines(gradients, probes) -> dict[str, str]:
     out = {}
     for _, r in gradients[gradients["state"] == "trained"].iterrows():
-        out[f"Deep supervision, trained: {r['comparison']}, log10 first/last gradient"] = (
-            f"{r['difference [95% interval]']}: {r.iloc[-1]}")
+        out[f"Deep supervision, trained: {r['comparison']}, log10 first/last gradient (difference)"] = (
+            r["difference [95% interval]"])
     for _, r in probes[probes["state"] == "trained"].iterrows():
         out[f"Probe accuracy, first half of layers: {r['network']}"] = r["probe accuracy, first half of the layers (%)"]
     return out
 
 
-def conclusion(gradients, probes, dense: str) -> str:
-    """What the numbers say about the claim, computed from the tables above."""
+def conclusion(gradients, probes, dense: str, scope=None) -> str:
+    """What the numbers say about the claim, computed from the tables above (each verdict at `scope`)."""
     trained = gradients[gradients["state"] == "trained"]
     verdicts = list(trained.iloc[:, -1])
     holds = sum(v == "holds" for v in verdicts)
@@ -279,10 +416,13 @@ def conclusion(gradients, probes, dense: str) -> str:
     half = 1.96 * math.sqrt(p.max() / 100 * (1 - p.max() / 100) / n) * 100
     runner_up = p.drop(best).max()
     margin = ("more than" if p.max() - runner_up > half else "within")
-    return (f"After training, the loss gradient reaches the first layer of {dense} relatively more strongly (against "
+    from densenet_repro import verdicts as verdict_text
+
+    text = (f"After training, the loss gradient reaches the first layer of {dense} relatively more strongly (against "
             f"its last layer) than it reaches the first layer of {holds} of the {len(verdicts)} other networks (verdicts: "
             f"{', '.join(verdicts)}). The linear probes on the first half of the layers are most accurate for "
             f"{best} ({p.max():.1f}% against {', '.join(f'{v:.1f}%' for k, v in p.items() if k != best)}), "
             f"{margin} the +-{half:.1f} points that {n} scored images allow. "
             "Short paths to the loss predict both; one network per family and a short schedule make this a "
             "measurement of these networks, not a test over training runs.")
+    return text if scope is None else verdict_text.with_scope(text, scope)

@@ -10,6 +10,25 @@ value, FileNotFoundError for missing data, ...), so `except ValueError` keeps wo
 
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
+INTERRUPTED = ("interrupted: nothing is lost; every finished epoch is in its run's checkpoint.pt "
+               "(rerun with --resume to continue)")
+
+
+def guarded(prog: str, work: Callable[[], int], interrupted: str = INTERRUPTED) -> int:
+    """A command's work: a UserError is one line and exit 1, Ctrl-C one line (`interrupted`) and exit
+    130; anything else is a bug in this package and keeps its traceback."""
+    try:
+        return work()
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130
+
 
 class UserError(Exception):
     """Something the user can fix; the message says what to do."""

@@ -29,7 +29,7 @@ from densenet_repro import paper
 from densenet_repro.budgets import check_budget, comparison_seeds, run_fields
 from densenet_repro.paper import COMPARISONS, Arm
 from densenet_repro.data import SYNTHETIC_SIZE, get_spec
-from densenet_repro.config import RunConfig, build_model
+from densenet_repro.config import RunConfig, build_model, lr_schedule_text
 from densenet_repro.plan import plan
 from densenet_repro.runstore import publish, read_metrics, read_summary
 from densenet_repro.train import train
@@ -173,18 +173,21 @@ def scaling_table(budget: str):
              if model in _rows(budget)]
     for title, model in kinds:
         cfg = budget_config(model, "c10+", budget).resolved()
-        out.append(_scaling_row(title, cfg, budget, create_model))
+        out.append(_scaling_row(title, cfg, budget, create_model, follows_cpu=budget == "cpu"))
     if budget == "cpu":
         out.insert(0, _scaling_row("DenseNet (k = 12), L=40: the headline cell", headline_config().resolved(), budget,
                                    create_model))
     return pd.DataFrame(out)
 
 
-def _scaling_row(title: str, cfg: RunConfig, budget: str, create_model) -> dict[str, str]:
+PRECISION_FOLLOWS_CPU = ("follows the CPU: bf16 autocast where it is native (AVX512-BF16, AMX), else fp32 "
+                         "(paper: fp32); each run records its own")
+
+
+def _scaling_row(title: str, cfg: RunConfig, budget: str, create_model, follows_cpu: bool = False) -> dict[str, str]:
     ours = build_model(cfg, 10)
     paper_params = sum(p.numel() for p in create_model(cfg.model, num_classes=10).parameters())
     spec = get_spec(cfg.dataset)
-    m1, m2 = (int(f * cfg.epochs) for f in cfg.lr_milestones)
     return {
         "run (paper's model)": title,
         "ours: depth L": cfg.model_kwargs.get("depth", paper.row(cfg.model).depth),
@@ -193,8 +196,10 @@ def _scaling_row(title: str, cfg: RunConfig, budget: str, create_model) -> dict[
         "training images": f"{SYNTHETIC_SIZE[0]} synthetic (paper: 50,000)" if budget == "smoke" else "all 50,000",
         "test images": f"{SYNTHETIC_SIZE[1]} synthetic (paper: 10,000)" if budget == "smoke" else "all 10,000",
         "epochs": f"{cfg.epochs} (paper {spec.paper_epochs})",
-        "LR 0.1 -> /10 at epoch": f"{m1 + 1} and {m2 + 1} (paper 151 and 226)",
-        "precision": "fp32 (as the paper)" if cfg.amp == "none" else f"{cfg.amp} autocast (paper: fp32)",
+        "learning rate": f"{lr_schedule_text(cfg)} (paper: 0.1 in 1-150, 0.01 in 151-225, 0.001 in 226-300)",
+        # the comparisons' precision follows the CPU that trains them: each run's summary records its own
+        "precision": (PRECISION_FOLLOWS_CPU if follows_cpu else "fp32 (as the paper)" if cfg.amp == "none"
+                      else f"{cfg.amp} autocast (paper: fp32)"),
         "data": "synthetic" if budget == "smoke" else "CIFAR-10 (official, or the JPEG copy offline)",
     }
 
@@ -207,19 +212,25 @@ def arm_config(arm: Arm, budget: str, seed: int, *, data_root: str | None = None
                          experiment=COMPARISON_EXPERIMENT, drop_rate=arm.drop_rate)
 
 
-def run_or_reuse(config: RunConfig) -> dict[str, Any]:
-    """train(config), unless a finished run of the same recipe in the other precision is at hand.
+def finished_run(config: RunConfig) -> Path | None:
+    """The folder of a finished run of this recipe: in its own precision, else (cpu budget) in the other.
 
-    A cpu-budget run's precision follows the CPU that trains it (fastpath.settings), so a run
-    committed from an AMX machine (bf16) is reused on an AVX2 one (fp32) and the other way round;
+    A cpu-budget run's precision follows the CPU that trains it (budgets.run_fields), so a run
+    committed from an AVX2 machine (fp32) answers on an AMX one (bf16) and the other way round;
     each summary says which precision and CPU made it.
     """
-    for amp in dict.fromkeys([config.amp, "none", "bf16"]):
-        if amp != config.amp and config.budget == "cpu":
-            done = plan(dataclasses.replace(config, amp=amp)).finished
-            if done is not None:
-                return read_summary(done) | {"cached": True}
-    return train(config)
+    precisions = dict.fromkeys([config.amp, "none", "bf16"]) if config.budget == "cpu" else [config.amp]
+    for amp in precisions:
+        done = plan(dataclasses.replace(config, amp=amp)).finished
+        if done is not None:
+            return done
+    return None
+
+
+def run_or_reuse(config: RunConfig) -> dict[str, Any]:
+    """The finished run of this recipe in either precision (finished_run), else train(config)."""
+    done = finished_run(config)
+    return read_summary(done) | {"cached": True} if done is not None else train(config)
 
 
 def run_comparisons(budget: str, *, data_root: str | None = None, device: str = "auto", progress: str = "auto",
@@ -250,7 +261,7 @@ def train_or_read(cfg: RunConfig, *, train_missing: bool, publish_results: bool,
                   weights: bool = False) -> dict[str, Any] | None:
     """A run's summary: trained (or reused) and published, or with train_missing=False only read if finished."""
     if not train_missing:
-        done = plan(cfg).finished
+        done = finished_run(cfg)
         return None if done is None else read_summary(done)
     summary = run_or_reuse(cfg)
     if publish_results and not summary.get("cached"):
@@ -308,12 +319,14 @@ def run_progress(run) -> dict[str, Any]:
 
 
 def result_files(cells: list[dict[str, Any]]) -> list[str]:
-    """The metrics/summary files behind a table (for provenance.record)."""
+    """The metrics/summary files behind a table, and an independent evaluation of its weights where one
+    was made (for provenance.record)."""
     files = []
     for c in cells:
         if "summary" in c:
             d = Path(c["summary"]["run_dir"])
-            files += [(d / "summary.json").as_posix(), (d / "metrics.csv").as_posix()]
+            files += [(d / name).as_posix() for name in ("summary.json", "metrics.csv", "independent_eval.json")
+                      if (d / name).is_file()]
         elif c.get("progress", {}).get("epochs_done"):
             files.append((Path(c["progress"]["run_dir"]) / "metrics.csv").as_posix())
     return files

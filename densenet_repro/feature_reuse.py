@@ -28,9 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from densenet_repro import atomic, stats
+from densenet_repro import stats
 from densenet_repro.models.densenet import DenseNet, _DenseBlock, _Transition
 
 SPREAD_THRESHOLD = 0.5  # observations 1 and 2: a target "spreads" its weight when it uses > half its inputs
@@ -123,12 +122,20 @@ class Observation:
     high: float
     n: int
     verdict: str
+    threshold: float  # the line its interval is judged against
+
+    @property
+    def numbers(self) -> str:
+        """'+0.995 [+0.993, +0.996]', or the value alone when one layer gives no interval."""
+        if np.isnan(self.low):
+            return f"{self.value:+.3f} (one value: no interval)"
+        return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
 
 
 def _one_sample(name, claim, measure, values, threshold, above: bool) -> Observation:
     iv = stats.mean_interval(list(values))
     return Observation(name, claim, measure, iv.mean, iv.low, iv.high, iv.n,
-                       iv.verdict_against(threshold, claim_above=above))
+                       iv.verdict_against(threshold, claim_above=above), threshold)
 
 
 def observations(maps: list[BlockMap]) -> list[Observation]:
@@ -160,7 +167,7 @@ def observations(maps: list[BlockMap]) -> list[Observation]:
                     first_row, 0.0, above=False),
         Observation("4", "the classifier concentrates on the final feature maps",
                     f"classifier weight on the last {n_final} layers minus the other {len(rest)} sources",
-                    d.diff, d.low, d.high, len(final) + len(rest), d.verdict(claim_a_lower=False)),
+                    d.diff, d.low, d.high, len(final) + len(rest), d.verdict(claim_a_lower=False), 0.0),
     ]
 
 
@@ -172,7 +179,7 @@ def observations_table(named: dict[str, list[BlockMap]]):
     for label, maps in named.items():
         for o in observations(maps):
             row = rows.setdefault(o.name, {"Observation (paper)": o.claim, "Measure": o.measure})
-            row[label] = f"{o.value:+.3f} [{o.low:+.3f}, {o.high:+.3f}]: {o.verdict}"
+            row[label] = f"{o.numbers}: {o.verdict}"
     return pd.DataFrame(list(rows.values()))
 
 
@@ -198,29 +205,7 @@ def figure(maps: list[BlockMap], title: str = ""):
 # The networks of Figure 5: the headline run as it stands, earlier snapshots of it, untrained
 # ----------------------------------------------------------------------------------------------
 
-SNAPSHOT_DIR = "feature_reuse"  # under results/: the raw maps of each epoch of the headline run seen so far
-
-
-def save_snapshot(maps: list[BlockMap], path) -> bool:
-    """Write the raw maps of one epoch as JSON, unless that epoch is already there (returns whether written)."""
-    import json
-    from pathlib import Path
-
-    path = Path(path)
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(path, json.dumps([{"block": m.block, "extra": m.extra,
-                                         "raw": [[None if np.isnan(v) else float(v) for v in row] for row in m.raw]}
-                                        for m in maps]))
-    return True
-
-
-def load_snapshot(path) -> list[BlockMap]:
-    import json
-
-    return [BlockMap(d["block"], np.array([[np.nan if v is None else v for v in row] for row in d["raw"]]), d["extra"])
-            for d in json.loads(open(path, encoding="utf-8").read())]
+UNTRAINED = "untrained (initialisation)"  # the label of the untrained network's maps
 
 
 def figure5_maps(budget: str, *, data_root: str | None = None, device: str = "auto", results: str = "results",
@@ -229,15 +214,16 @@ def figure5_maps(budget: str, *, data_root: str | None = None, device: str = "au
     the untrained one, plus where they came from.
 
     cpu: the Table 2 headline run (DenseNet L=40, k=12, C10+): its weights when finished, else its
-    committed checkpoint; each epoch seen is kept as a snapshot under results/feature_reuse/.
+    committed checkpoint, and the weights it kept on the way (snapshots/, experiments.HEADLINE_SNAPSHOTS).
     paper: the paper-protocol run of the same cell. smoke: the small DenseNet of the smoke sweep.
     """
     from pathlib import Path
 
     from densenet_repro import create_model, experiments, sweeps
     from densenet_repro.budgets import check_budget
-    from densenet_repro.run_weights import load_run_weights
     from densenet_repro.plan import plan
+    from densenet_repro.run_weights import load_run_weights
+    from densenet_repro.runstore import snapshot_path
     from densenet_repro.train import train
 
     check_budget(budget)
@@ -257,22 +243,37 @@ def figure5_maps(budget: str, *, data_root: str | None = None, device: str = "au
         folder = Path(runs[(p, 0)]["run_dir"])
     trained, epoch, finished = load_run_weights(folder, create_model(cfg.model, **cfg.model_kwargs),
                                                 "train it first (python -m densenet_repro table2 --headline)")
-    maps = heat_maps(trained)
     info = {"run_dir": folder.as_posix(), "epoch": epoch, "epochs": cfg.epochs, "finished": finished,
-            "model": cfg.model, "files": [(folder / "metrics.csv").as_posix()]}
-    named = {f"trained {epoch} of {cfg.epochs} epochs": maps}
-    if budget != "smoke":
-        snap_dir = Path(results) / SNAPSHOT_DIR
-        save_snapshot(maps, snap_dir / f"{folder.name}-epoch{epoch}.json")
-        for path in sorted(snap_dir.glob(f"{folder.name}-epoch*.json"),
-                           key=lambda p: int(p.stem.rsplit("epoch", 1)[1])):
-            e = int(path.stem.rsplit("epoch", 1)[1])
-            if e < epoch:
-                named[f"trained {e} of {cfg.epochs} epochs (snapshot)"] = load_snapshot(path)
-                info["files"].append(path.as_posix())
+            "model": cfg.model, "files": [], "in_progress": [], "snapshots": []}
+    if finished:  # the weights the maps come from, and the run's record
+        info["files"] = [(folder / name).as_posix() for name in ("summary.json", "metrics.csv", "weights.pt")
+                         if (folder / name).is_file()]
+    else:  # a checkpoint that moves every epoch: the report records the epoch it showed
+        from densenet_repro.table2 import progress_record
+
+        info["in_progress"] = [progress_record(cfg.model, cfg.dataset, folder.as_posix(), epoch, cfg.epochs)]
+    named = {f"trained {epoch} of {cfg.epochs} epochs" + ("" if finished else " (so far)"): heat_maps(trained)}
+    # the weights the run kept on the way (keep_weights_at): what training changed, epoch by epoch
+    for e in sorted((e for e in cfg.keep_weights_at if e < epoch), reverse=True):
+        path = snapshot_path(folder, e)
+        if path.is_file():
+            snap = create_model(cfg.model, **cfg.model_kwargs)
+            snap.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            named[f"trained {e} of {cfg.epochs} epochs (snapshot, {lr_phase(cfg, e)})"] = heat_maps(snap.eval())
+            info["files"].append(path.as_posix())
+            info["snapshots"].append(e)
     torch.manual_seed(cfg.seed)
-    named["untrained (initialisation)"] = heat_maps(create_model(cfg.model, **cfg.model_kwargs))
+    named[UNTRAINED] = heat_maps(create_model(cfg.model, **cfg.model_kwargs))
     return named, info
+
+
+def lr_phase(config, epoch: int) -> str:
+    """'the last epoch at LR 0.1' where the learning rate drops after `epoch`, else 'LR 0.1'."""
+    from densenet_repro.config import lr_at
+
+    lr = lr_at(config, epoch - 1)
+    last = epoch == config.epochs or lr_at(config, epoch) != lr
+    return f"{'the last epoch at ' if last else ''}LR {lr:g}"
 
 
 def source_text(info: dict) -> str:
@@ -283,20 +284,61 @@ def source_text(info: dict) -> str:
 
 
 def headlines(table) -> dict[str, str]:
-    """The observations of the most-trained network (the table's first network column), for the index."""
+    """The observations' numbers for the most-trained network (the table's first network column), for the
+    index; their verdicts go to `claims`, with their budget."""
     label = table.columns[2]
-    return {f"Figure 5 observation {i + 1} ({label}): {row['Observation (paper)']}": row[label]
+    return {f"Figure 5 observation {i + 1} ({label})": row[label].rsplit(": ", 1)[0]
             for i, (_, row) in enumerate(table.iterrows())}
+
+
+def scope(info: dict, budget: str):
+    """The budget Figure 5's verdicts are reached at: the network and how far it trained."""
+    from densenet_repro import verdicts
+
+    return verdicts.Scope(budget, f"{info['model']}, {info['epochs']} epochs scheduled of the paper's 300; "
+                                  "intervals over the layers of one network")
+
+
+def claims(named: dict[str, list[BlockMap]], info: dict, budget: str) -> list[dict]:
+    """The four observations on the most-trained network as claim records, with their computed caveats:
+    the untrained network satisfies it too; the interval ends at the threshold."""
+    from densenet_repro import verdicts
+
+    trained = observations(next(iter(named.values())))
+    untrained = {o.name: o for o in observations(named[UNTRAINED])} if UNTRAINED in named else {}
+    out = []
+    for o in trained:
+        caveats = [verdicts.edge_caveat(o.low, o.high, o.threshold)]
+        if o.verdict == stats.HOLDS and untrained.get(o.name) and untrained[o.name].verdict == stats.HOLDS:
+            caveats.append("the untrained network satisfies it as well: this shows the initialisation, not training")
+        state = "final weights" if info["finished"] else "checkpoint of the run in progress"
+        out.append(verdicts.claim(f"Figure 5 observation {o.name}: {o.claim}", o.verdict, scope(info, budget),
+                                  f"after {info['epoch']} of {info['epochs']} epochs ({state}), {o.measure}: "
+                                  f"{o.numbers}", caveats))
+    return out
+
+
+def edge_text(named: dict[str, list[BlockMap]]) -> str:
+    """The observations of the most-trained network whose interval ends at its threshold, in words ('' if none)."""
+    from densenet_repro import verdicts
+
+    label, maps = next(iter(named.items()))
+    notes = [f"observation {o.name} is {c}" for o in observations(maps)
+             if (c := verdicts.edge_caveat(o.low, o.high, o.threshold))]
+    return f"For the network {label}: " + "; ".join(notes) + "." if notes else ""
 
 
 def coverage_entries(budget: str, info: dict) -> list[dict]:
     from densenet_repro import coverage
 
-    if budget == "paper" and info["finished"]:
+    if not info["finished"]:
+        return [coverage.entry("Figure 5", "weight heat maps", "in progress",
+                               f"the paper's network, from a checkpoint of its {budget} budget run",
+                               run=info["in_progress"][0]["run"])]
+    if budget == "paper":
         return [coverage.entry("Figure 5", "weight heat maps", "computed", "the paper's network and protocol")]
-    note = (f"the paper's network, trained {info['epoch']} of {info['epochs']} epochs"
-            + ("" if info["finished"] else " (run in progress)"))
-    return [coverage.entry("Figure 5", "weight heat maps", "scaled", note, budget=budget)]
+    return [coverage.entry("Figure 5", "weight heat maps", "scaled",
+                           f"the paper's network, trained {info['epoch']} of {info['epochs']} epochs", budget=budget)]
 
 
 def untrained_caveat(table) -> str:
@@ -308,7 +350,7 @@ def untrained_caveat(table) -> str:
     both = [str(i + 1) for i, (_, r) in enumerate(table.iterrows())
             if r[trained].endswith(": holds") and r[untrained[0]].endswith(": holds")]
     if not both:
-        return "No observation that holds for the trained network holds for the untrained one as well."
+        return "None of the observations the trained network satisfies is satisfied by the untrained one as well."
     return (f"Observation(s) {', '.join(both)} hold for the untrained network as well: a freshly initialised layer "
             f"already reads all its inputs about equally, so at this point of training they show the "
             f"initialisation, not what training made of it.")

@@ -25,11 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from densenet_repro import stats
+from densenet_repro import stats, verdicts
 from densenet_repro.sweeps import Point
+from densenet_repro.tables import precision_label
 
 SIMILAR_PCT = 1.0   # Figure 4 right: test errors within 1 point count as similar
 GRID_POINTS = 6     # Figure 4 left: parameter counts compared, log-spaced over the range trained
+TIME_SPREAD_NOTE = 1.5  # a network whose training time differs more than this between seeds gets a note
+PAPER_EPOCHS = 300      # the paper's CIFAR schedule (quoted)
 
 
 def runs_frame(runs: dict[tuple[Point, int], dict[str, Any]]):
@@ -47,7 +50,7 @@ def runs_frame(runs: dict[tuple[Point, int], dict[str, Any]]):
                      "parameters": s["params"], "seed": seed, "epochs": s["epochs"],
                      "final test error (%)": s["final_test_error_pct"], "best test error (%)": s["best_test_error_pct"],
                      "final train loss": s["final_train_loss"], "training time (min)": round(s["wall_time_s"] / 60, 1),
-                     "device": s["device"], "precision": s["amp"]})
+                     "device": s["device"], "precision": precision_label(s["amp"])})
     return pd.DataFrame(rows, columns=columns)  # the columns also when no run has finished yet
 
 
@@ -118,12 +121,13 @@ def efficiency_by_range(df, best: str = "DenseNet-BC") -> tuple[Any, str]:
         verdict = d.verdict()
         verdicts.append(verdict)
         rows.append({"parameters": f"{10 ** lp:,.0f}",
-                     **{f"{v} (%)": f"{means[v]:.2f}" if v in means else "-" for v in variants},
+                     **{f"{v} (%)": f"{means[v]:.2f}" if v in means else None for v in variants},
                      "best variant here": min(means, key=means.get), "best other": rival,
                      f"{best} - best other (points, 95% interval)": f"{d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}]",
                      "verdict": verdict})
     if not verdicts:
-        return pd.DataFrame(rows), stats.INCONCLUSIVE + " (DenseNet-BC shares no parameter range with another variant yet)"
+        return (pd.DataFrame(rows),
+                stats.INCONCLUSIVE + " (DenseNet-BC shares no parameter range with another variant yet)")
     if all(v == stats.HOLDS for v in verdicts):
         overall = stats.HOLDS
     elif any(v == stats.FAILS for v in verdicts):
@@ -241,6 +245,9 @@ def error_vs_params(ax, df, title: str) -> None:
 
 
 def curves_figure(epochs):
+    """Training loss and test error per epoch (one point per epoch trained), mean over seeds."""
+    from matplotlib.ticker import MaxNLocator
+
     from densenet_repro import plots
 
     fig, (ax1, ax2) = plots.figure(ncols=2)
@@ -248,9 +255,12 @@ def curves_figure(epochs):
         g = sub.groupby("epoch")
         ax1.plot(g["train_loss"].mean(), marker="o", color=f"C{i}", label=name)
         ax2.plot(g["test_err_pct"].mean(), marker="o", color=f"C{i}", label=name)
-    ax1.set(xlabel="epoch", ylabel="training loss", title="Training loss (mean over seeds)")
-    ax2.set(xlabel="epoch", ylabel="test error (%)", title="Test error (mean over seeds)")
-    ax1.legend()
+    n = int(epochs["epoch"].max()) if len(epochs) else 0
+    ax1.set(xlabel="epoch", ylabel="training loss", title=f"Training loss (mean over seeds, {n} epochs)")
+    ax2.set(xlabel="epoch", ylabel="test error (%)", title=f"Test error (mean over seeds, {n} epochs)")
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax1.legend(fontsize="small")
     return fig
 
 
@@ -260,9 +270,10 @@ def curves_figure(epochs):
 
 
 def growth_rate_table(df):
-    """The k sweep: error (mean, sd over seeds), parameters, multiply-adds and training time per k."""
+    """The k sweep: depth, error (mean, sd over seeds), parameters, multiply-adds and training time per k."""
     g = df.groupby("k")
-    return g.agg(**{"parameters": ("parameters", "first"), "MMACs per image": ("MMACs per image", "first"),
+    return g.agg(**{"network": ("network", "first"), "parameters": ("parameters", "first"),
+                    "MMACs per image": ("MMACs per image", "first"),
                     "final test error, mean (%)": ("final test error (%)", "mean"),
                     "sd over seeds": ("final test error (%)", "std"), "seeds": ("seed", "count"),
                     "training time per run (min)": ("training time (min)", "mean")}).reset_index()
@@ -285,19 +296,105 @@ def resnet_rows(df, budget: str):
     return pd.DataFrame(rows)
 
 
-def ratio_headline(r: dict[str, Any]) -> str:
-    if not r["seeds"]:
-        return r["verdict"]
-    spread = "" if math.isnan(r["low"]) else f" [{r['low']:.2f}, {r['high']:.2f}]"
-    return f"{r['ratio']:.2f}x{spread}, fewer parameters: {r['verdict']} ({r['seeds']} seeds)"
+def resnet_rows_note(df, budget: str) -> str:
+    """Why the quoted rows and ours are not comparable, from their sizes and schedules ('' at the paper budget)."""
+    from densenet_repro import paper
+
+    ours = df[df["variant"] == "pre-act ResNet"]
+    if budget == "paper" or not len(ours):
+        return ""
+    quoted = [r.params for r in paper.TABLE2 if "ResNet" in r.method]
+    millions = sorted(float(q.rstrip("M")) for q in quoted)
+    return (f"Not comparable: the quoted networks have {millions[0]:g}M-{millions[-1]:g}M parameters and train "
+            f"{PAPER_EPOCHS} epochs; ours at the {budget} budget have {ours['parameters'].min():,}-"
+            f"{ours['parameters'].max():,} and train {' or '.join(map(str, sorted(ours['epochs'].unique())))}. "
+            "They are listed together to show the scale, not to compare errors.")
 
 
-def efficiency_headline(table, verdict: str) -> str:
-    """The overall verdict with the differences it rests on (points of error, BC minus the best other)."""
+def curve_networks_text(points: list[Point]) -> str:
+    """The two networks of Figure 4 (right): their sizes and ratio, beside the paper's (quoted)."""
+    from densenet_repro import create_model
+
+    sizes = {p.group: sum(t.numel() for t in create_model(p.model, **p.model_kwargs).parameters()) for p in points}
+    resnet, dense = sizes.get("pre-act ResNet"), sizes.get("DenseNet-BC")
+    if not (resnet and dense):
+        return ""
+    return (f"The ResNet has {resnet:,} parameters, {resnet / dense:.1f}x the DenseNet-BC's {dense:,} (the paper: "
+            f"ResNet-1001 with 10.2M against DenseNet-BC-100 with 0.8M, {10.2 / 0.8:.2f}x, quoted).")
+
+
+def scope(df, budget: str) -> verdicts.Scope:
+    """The budget Figure 4's verdicts are reached at: growth rates, epochs, sizes, seeds."""
+    if not len(df):
+        return verdicts.Scope(budget, "no run finished yet")
+    ks = sorted({int(k) for k in df["k"].dropna()})
+    parts = [f"k = {', '.join(map(str, ks))}"] if ks else []
+    parts += [f"{' or '.join(map(str, sorted(df['epochs'].unique())))} epochs of the paper's {PAPER_EPOCHS}",
+              f"{_short(df['parameters'].min())}-{_short(df['parameters'].max())} parameters",
+              f"{df['seed'].nunique()} seed{'s' if df['seed'].nunique() != 1 else ''}"]
+    return verdicts.Scope(budget, ", ".join(parts))
+
+
+def _short(n: float) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def timing_notes(df) -> list[str]:
+    """A note when one network's training time differs much between its seeds: the machine was shared."""
+    g = df.groupby("network")["training time (min)"]
+    spread = (g.max() / g.min()).dropna()
+    if not len(spread) or spread.max() < TIME_SPREAD_NOTE:
+        return []
+    worst = spread.idxmax()
+    return [f"Training times measure the machine as much as the network: {worst} took {g.max()[worst]:.1f} and "
+            f"{g.min()[worst]:.1f} min at two seeds ({spread.max():.1f}x). The runs shared a 2-core machine with other "
+            "jobs for part of the time, and their summaries do not record the load."]
+
+
+def efficiency_claim(table, verdict: str, df, budget: str) -> dict[str, Any]:
+    """Figure 4 left's claim as a claim record for the index: the differences at each parameter count."""
     col = "DenseNet-BC - best other (points, 95% interval)"
-    if not len(table) or col not in table:
-        return verdict
-    return f"{verdict}: " + "; ".join(f"{r['parameters']} params {r[col]}" for _, r in table.iterrows())
+    rows = [r for _, r in table.iterrows()] if len(table) and col in table else []
+    numbers = "; ".join(f"{r['parameters']} params: {r[col]}" for r in rows) or "no common parameter range"
+    caveats = [f"at {r['parameters']} params, {c}" for r in rows
+               if (c := verdicts.edge_caveat(*_interval(r[col]), 0.0))]
+    word, _, why = verdict.partition(" (")
+    return verdicts.claim("DenseNet-BC is consistently the most parameter-efficient variant (Figure 4 left): BC minus "
+                          "the best other variant at equal parameters", word, scope(df, budget), numbers,
+                          caveats + ([why.rstrip(")")] if why else []))
+
+
+def _interval(text: str) -> tuple[float, float]:
+    """'+1.79 [+0.11, +3.46]' -> (0.11, 3.46)."""
+    low, high = text.split("[", 1)[1].rstrip("]").split(",")
+    return float(low), float(high)
+
+
+def ratio_claim(r: dict[str, Any], df, budget: str) -> dict[str, Any]:
+    """Figure 4 middle's claim as a claim record for the index."""
+    word, _, why = r["verdict"].partition(" (")
+    caveats = [why.rstrip(")")] if why else []
+    if r["seeds"] and not math.isnan(r["low"]):
+        caveats += [verdicts.edge_caveat(r["low"], r["high"], 1.0),
+                    f"the paper's 3x is {'inside' if r.get('paper_ratio_inside') else 'outside'} the interval"]
+    return verdicts.claim("DenseNet-BC needs fewer parameters than a pre-activation ResNet for the same error "
+                          "(Figure 4 middle; the paper: about 1/3)", word, scope(df, budget),
+                          ratio_headline(r) if r["seeds"] else "no seed has both curves over a common error range",
+                          caveats)
+
+
+def curve_claims_records(claims: list[dict[str, str]], df, budget: str) -> list[dict[str, Any]]:
+    """Figure 4 right's two claims (`curves_claims`) as claim records for the index."""
+    return [verdicts.claim("Figure 4 right: " + c["claim"].replace("... but ", "the larger ResNet reaches "),
+                           c["verdict"], scope(df, budget), c["measured"]) for c in claims]
+
+
+def ratio_headline(r: dict[str, Any]) -> str:
+    """The ratio and its interval, without the verdict (which `ratio_claim` carries with its budget)."""
+    if not r["seeds"]:
+        return "not measured: no seed has both curves over a common error range"
+    spread = "" if math.isnan(r["low"]) else f" [{r['low']:.2f}, {r['high']:.2f}]"
+    return f"{r['ratio']:.2f}x{spread} over {r['seeds']} seed{'s' if r['seeds'] != 1 else ''}"
 
 
 def dataset_used(runs: dict) -> str:

@@ -8,7 +8,8 @@ A notebook calls two functions from this module:
 
     # anywhere later, as often as needed (values merge; the last dataset wins):
     provenance.record(headlines={"densenet121 GMACs": 2.83}, dataset="none", files=["results/x.csv"],
-                      coverage=[coverage.entry("Table 1", "layer configuration", "exact")])
+                      coverage=[coverage.entry("Table 1", "layer configuration", "exact")],
+                      claims=[verdicts.claim(...)], in_progress=[provenance.progress_entry(...)])
 
 `start` validates the parameters (unknown budget, unusable device -> one-line ValueError), seeds
 python/numpy/torch, makes the repository root the working directory (so relative paths such as
@@ -19,10 +20,16 @@ hardware, library versions, git commit, start time.
 Both functions emit IPython display outputs that carry, besides HTML and plain text, a JSON payload
 under a private mime type (PROVENANCE_MIME, RECORD_MIME). The report pipeline
 (densenet_repro.reports) reads those payloads back from the executed notebook, adds what only it
-knows (wall time, status) to the provenance block, and builds reports/index.{html,json} from them.
+knows (render time, status) to the provenance block, and builds reports/index.{html,json} from them.
 `record` also hashes the package's source files that the kernel has imported by then (the code the
 notebook ran), so that a report goes stale when that code changes, not only when its notebook or
 result files do.
+
+A run still training (the Table 2 headline run) is not a result file: its checkpoint and metrics
+change every epoch. A report names it with `in_progress=[progress_entry(run_dir, ...)]`, which
+records the epoch the report showed; the index reads how far the run is now (`run_progress`), and
+the report goes stale only when the run finishes. `record` refuses a file of an unfinished run
+folder that no such entry covers.
 
 This module must import without papermill/nbconvert: train.py, bench/ and gpu_check.py import it,
 and an environment set up only to train need not have them.
@@ -71,21 +78,26 @@ def repo_root() -> Path | None:
 
 
 def git_commit(root: Path | None = None) -> tuple[str, bool]:
-    """(commit sha, dirty) of the repository, or ("unknown", False) when git is unavailable.
+    """(commit sha, dirty) of the repository; where git cannot say (a copy without .git, such as the
+    GPU machine's), the commit named by $DENSENET_COMMIT ("<sha>" or "<sha>+changes"), else
+    ("unknown", False).
 
     `dirty` ignores reports/ (the pipeline is rewriting it while it runs) and untracked files.
     """
     root = root or repo_root()
-    if root is None:
-        return "unknown", False
     try:
+        if root is None:
+            raise OSError("no repository")
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=True, timeout=20).stdout.strip()
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
                                  ":(exclude)reports"], cwd=root, capture_output=True, text=True,
                                 check=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
-        return "unknown", False
+        named = os.environ.get("DENSENET_COMMIT", "").strip()
+        if not named:
+            return "unknown", False
+        return named.removesuffix("+changes"), named.endswith("+changes")
     return sha, bool(status.strip())
 
 
@@ -146,6 +158,67 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def is_unfinished_run(folder: str | os.PathLike) -> bool:
+    """A run folder (it has the engine's config.json) without the summary.json a finished run writes."""
+    folder = Path(folder)
+    return (folder / "config.json").is_file() and not (folder / "summary.json").is_file()
+
+
+def run_progress(run_dir: str | os.PathLike, up_to_epoch: int | None = None) -> dict[str, Any]:
+    """How far a run is now (or was after `up_to_epoch`), from the metrics.csv the engine appends one
+    row to per epoch.
+
+    epochs_done, the last epoch's test error, the time spent (training and evaluation), the median
+    time of one epoch (training and evaluation) and whether the run has finished (summary.json).
+    """
+    import csv
+
+    run_dir = Path(run_dir)
+    rows = []
+    if (run_dir / "metrics.csv").is_file():
+        with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("epoch")]
+    if up_to_epoch is not None:
+        rows = [r for r in rows if int(r["epoch"]) <= up_to_epoch]
+    per_epoch = sorted(float(r["epoch_time_s"]) + float(r.get("eval_time_s") or 0) for r in rows)
+    return {"epochs_done": int(rows[-1]["epoch"]) if rows else 0,
+            "test_err_pct": float(rows[-1]["test_err_pct"]) if rows else None,
+            "time_s": sum(per_epoch),
+            "epoch_time_s": per_epoch[len(per_epoch) // 2] if per_epoch else None,
+            "finished": (run_dir / "summary.json").is_file(), "exists": run_dir.is_dir()}
+
+
+def progress_entry(run_dir: str | os.PathLike, label: str, epoch: int, epochs: int, *,
+                   paper_epochs: int | None = None, paper_error_pct: float | None = None) -> dict[str, Any]:
+    """A run in progress as a report showed it: `epoch` of `epochs` (for `record(in_progress=...)`).
+
+    paper_epochs and paper_error_pct are the paper's schedule and error for the same cell (quoted),
+    so the index can say how far the budget's schedule is from the paper's.
+    """
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+        raise ValueError(f"progress_entry: epoch must be an integer in 0..{epochs}, got {epoch!r}")
+    return {"run": _repo_relative(Path(run_dir)), "label": str(label), "epoch": epoch, "epochs": int(epochs),
+            "paper_epochs": paper_epochs, "paper_error_pct": paper_error_pct}
+
+
+def progress_text(epochs_done: int, epochs: int, shown: Mapping[str, int] | int) -> str:
+    """'in progress: 8 of 30 epochs (report shows epoch 7)', the one wording every page uses.
+
+    `shown`: the epoch one report showed, or {report name: epoch} when several show the run.
+    """
+    if not isinstance(shown, Mapping):
+        which = f"report shows epoch {shown}"
+    elif len(shown) == 1:
+        which = f"report shows epoch {next(iter(shown.values()))}"
+    else:
+        by_epoch: dict[int, list[str]] = {}
+        for name, e in shown.items():
+            by_epoch.setdefault(e, []).append(name[:2])
+        which = ", ".join(f"{' and '.join(names)} show{'s' if len(names) == 1 else ''} epoch {e}"
+                          for e, names in by_epoch.items())
+    return f"in progress: {epochs_done} of {epochs} epochs ({which})"
+
+
 def loaded_code(root: Path | None = None) -> dict[str, str]:
     """sha256 of every densenet_repro source file imported in this process (path relative to the repo),
     with the C++ source that a module builds (models/fast_dense_cpu.cpp beside fast_dense_cpu.py)."""
@@ -188,7 +261,8 @@ def _describe_data_root(data_root: str, budget: str, uses_data: bool) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _fmt_seconds(s: float) -> str:
+def fmt_seconds(s: float) -> str:
+    """'42.0 s', '3 min 07 s', '2 h 05 min 00 s'."""
     s = float(s)
     if s < 120:
         return f"{s:.1f} s"
@@ -229,9 +303,11 @@ def provenance_rows(info: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Software", ", ".join(f"{k} {val}" for k, val in v.items())),
         ("Commit", commit_text),
         ("Started", str(info.get("started", "?"))),
-        ("Wall time", _fmt_seconds(wall) if wall is not None
-         else "not known until the notebook has finished (the report pipeline fills it in)"),
+        ("Render time", fmt_seconds(wall) + " (executing this notebook, not the training behind it)"
+         if wall is not None else "not known until the notebook has finished (the report pipeline fills it in)"),
     ]
+    if info.get("training"):
+        rows.append(("Training behind it", str(info["training"])))
     return rows
 
 
@@ -257,6 +333,15 @@ def record_html(payload: Mapping[str, Any]) -> str:
                        f"<td style='text-align:right'>{html.escape(_fmt_value(v))}</td></tr>"
                        for k, v in payload["headlines"].items())
         parts.append(f"<b>Headline numbers</b><table>{rows}</table>")
+    if payload.get("claims"):
+        from densenet_repro import verdicts
+
+        items = "".join(f"<li>{html.escape(verdicts.record_text(c))}</li>" for c in payload["claims"])
+        parts.append(f"<b>Claims judged here:</b><ul>{items}</ul>")
+    if payload.get("in_progress"):
+        items = "".join(f"<li>{html.escape(e['label'])} (<code>{html.escape(e['run'])}</code>): this report shows "
+                        f"epoch {e['epoch']} of {e['epochs']}</li>" for e in payload["in_progress"])
+        parts.append(f"<b>Runs in progress shown here:</b><ul>{items}</ul>")
     if payload.get("coverage"):
         from densenet_repro import coverage
 
@@ -373,10 +458,8 @@ def start(budget: str, data_root: str, device: str = "cpu", seed: int = 0, *,
     # returns nothing, so that the cell shows the block only (not the dict's repr)
 
 
-def _normalise_file(path: str | os.PathLike) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"record(files=...): {str(path)!r} is not a file (paths are relative to the repo root)")
+def _repo_relative(p: Path) -> str:
+    """`p` relative to the repository root when inside it (posix), else absolute."""
     root = repo_root()
     resolved = p.resolve()
     if root is not None:
@@ -387,24 +470,36 @@ def _normalise_file(path: str | os.PathLike) -> str:
     return resolved.as_posix()
 
 
+def _normalise_file(path: str | os.PathLike) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"record(files=...): {str(path)!r} is not a file (paths are relative to the repo root)")
+    return _repo_relative(p)
+
+
 def record(headlines: Mapping[str, Any] | None = None, dataset: str | None = None,
-           files: Iterable[str | os.PathLike] = (), coverage: Iterable[Mapping[str, Any]] = ()) -> None:
-    """Hand headline numbers, the dataset actually used and the result files read to the report index.
+           files: Iterable[str | os.PathLike] = (), coverage: Iterable[Mapping[str, Any]] = (),
+           claims: Iterable[Mapping[str, Any]] = (), in_progress: Iterable[Mapping[str, Any]] = ()) -> None:
+    """Hand headline numbers, claims, the dataset actually used and the inputs read to the report index.
 
     Args:
         headlines: short name -> number (or short string); shown in reports/index.html.
             Only numbers computed in this run, loaded from committed result files, or quoted and
-            labelled as quoted in their name.
+            labelled as quoted in their name. Verdicts go into `claims`, with their budget.
         dataset: the dataset source this notebook actually used (overrides the guess of `start`).
         files: result files this notebook read; their sha256 goes into the index so that a report
-            becomes stale (a test fails) when one of them changes.
+            becomes stale (a test fails) when one of them changes. A file inside the folder of a run
+            listed in `in_progress` is left out (the run's entry stands for it).
         coverage: which items of the paper this notebook covers and how (densenet_repro.coverage.entry);
             the index's coverage table is computed from these (and from the Table 2 runs in `files`).
+        claims: the claims this notebook judged (densenet_repro.verdicts.claim): verdict, budget,
+            numbers and caveats, for the index's claims table.
+        in_progress: the unfinished runs it showed (`progress_entry`), with the epoch it showed.
 
     Headlines keep the order given (the conservative reading first). The sha256 of every package
     source file imported so far is recorded too (`loaded_code`).
 
-    Can be called several times; the pipeline merges the calls (headlines update, files add up).
+    Can be called several times; the pipeline merges the calls (headlines update, lists add up).
     """
     headlines = dict(headlines or {})
     for k, v in headlines.items():
@@ -418,11 +513,23 @@ def record(headlines: Mapping[str, Any] | None = None, dataset: str | None = Non
             raise ValueError(f"headline {k!r} must be a number or a string, got {type(v).__name__}")
     if isinstance(files, (str, os.PathLike)):
         files = [files]
-    hashes = {_normalise_file(f): sha256_file(f) for f in files}
+    progress = [dict(e) for e in in_progress]
+    moving = {e["run"] for e in progress}
+    hashes = {}
+    for f in files:
+        name = _normalise_file(f)
+        folder = Path(name).parent.as_posix()
+        if folder in moving:
+            continue
+        if is_unfinished_run(Path(f).parent):
+            raise ValueError(f"record(files=...): {name} belongs to a run that has not finished: its files change "
+                             "every epoch; name the run in in_progress=[provenance.progress_entry(...)] instead")
+        hashes[name] = sha256_file(f)
     from densenet_repro import coverage as _coverage
+    from densenet_repro import verdicts
 
-    entries = _coverage.check_entries(coverage)
     payload = {"headlines": headlines, "order": list(headlines), "dataset": dataset, "files": list(hashes),
-               "sha256": hashes, "coverage": entries, "code": loaded_code()}
+               "sha256": hashes, "coverage": _coverage.check_entries(coverage),
+               "claims": verdicts.check_claims(claims), "in_progress": progress, "code": loaded_code()}
     _display({"text/html": record_html(payload), "text/plain": json.dumps(payload, indent=1),
               RECORD_MIME: payload})

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from densenet_repro.budgets import check_budget, run_fields
+from densenet_repro.config import RunConfig, lr_schedule_text
 from densenet_repro.data import SYNTHETIC_SIZE
 from densenet_repro.experiments import train_or_read
-from densenet_repro.train import RunConfig
 
 SEEDS = {"smoke": (0, 1), "cpu": (0, 1), "paper": (0, 1, 2)}
 EPOCHS = {"smoke": 1, "cpu": 2, "paper": 300}
@@ -43,7 +43,10 @@ class Point:
 
     def label(self) -> str:
         names = {"depth": "L={}", "growth_rate": "k={}", "width": "width {}"}
-        parts = [names[key].format(value) for key, value in self.model_kwargs.items() if key in names]
+        kwargs = self.model_kwargs
+        if ("resnet" in self.model or "plain" in self.model) and "width" not in kwargs:
+            kwargs = kwargs | {"width": PAPER_WIDTH}  # the factory's default, named: widths differ between points
+        parts = [names[key].format(value) for key, value in kwargs.items() if key in names]
         return f"{self.group} ({', '.join(parts)})"
 
 
@@ -193,9 +196,10 @@ def scaling_text(points: list[Point], budget: str) -> str:
     ks = sorted({p.model_kwargs["growth_rate"] for p in points if "growth_rate" in p.model_kwargs})
     widths = sorted({p.model_kwargs.get("width", PAPER_WIDTH) for p in points if "resnet" in p.model or "plain" in p.model})
     depths = sorted({p.model_kwargs["depth"] for p in points})
-    epochs = sorted({p.epochs or EPOCHS[budget] for p in points})
+    schedules = {p.epochs or EPOCHS[budget]: lr_schedule_text(config(p, budget, 0, "scaling")) for p in points}
     parts = [f"depths L = {', '.join(map(str, depths))}",
-             f"{' or '.join(map(str, epochs))} epoch(s) instead of {PAPER_EPOCHS} (the LR steps at 50% and 75% of them)"]
+             " or ".join(f"{e} epoch(s) ({text})" for e, text in sorted(schedules.items()))
+             + f" instead of {PAPER_EPOCHS}"]
     if ks:
         parts.insert(0, f"growth rate k = {', '.join(map(str, ks))} (the paper's Figure 4: {PAPER_K})")
     if widths:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from densenet_repro import paper, stats
+from densenet_repro import paper, provenance, stats, verdicts
 from densenet_repro.budgets import comparison_seeds
+from densenet_repro.config import lr_schedule_text
 from densenet_repro.data import get_spec
+from densenet_repro.tables import precision_label
 
 PAPER_ERRORS: dict[str, dict[str, float | None]] = {
     r.model: {c: r.error(c) for c in paper.COLUMNS} for r in paper.DENSENET_ROWS}
@@ -46,7 +48,8 @@ def _ours(c: dict[str, Any], budget: str) -> str:
 
 
 def table2_matrix(cells: list[dict[str, Any]], budget: str = "paper"):
-    """Table 2 as in the paper, every row; DenseNet cells 'paper / ours', other rows quoted only."""
+    """Table 2 as in the paper, every row; DenseNet cells 'paper / ours', other rows quoted only; None
+    where the paper prints "-" (it reports no number)."""
     import pandas as pd
 
     ours = {(c["model"], c["dataset"]): _ours(c, budget) for c in cells}
@@ -54,7 +57,7 @@ def table2_matrix(cells: list[dict[str, Any]], budget: str = "paper"):
     for r in paper.TABLE2:
         row = {"Method (paper)": r.method, "Depth": r.depth, "Params": r.params}
         for col in paper.COLUMNS:
-            quoted = "-" if r.error(col) is None else f"{r.error(col):.2f}"
+            quoted = None if r.error(col) is None else f"{r.error(col):.2f}"
             row[get_spec(col).title] = f"{quoted} / {ours[(r.model, col)]}" if (r.model, col) in ours else quoted
         rows.append(row)
     return pd.DataFrame(rows)
@@ -120,13 +123,18 @@ def headline(cells: list[dict[str, Any]], model: str, dataset: str, target_pct: 
         s = c["summary"]
         out.update(status="finished", error_pct=s["reported_test_error_pct"], epochs=s["epochs"],
                    met=s["reported_test_error_pct"] <= target_pct, wall_time_s=s["wall_time_s"],
-                   device=s.get("device"))
+                   device=s.get("device"), best_pct=s["best_test_error_pct"], best_epoch=s.get("best_epoch"),
+                   run_dir=s["run_dir"])
     else:
         p = c.get("progress", {})
         out.update(status="in progress", epochs=p.get("epochs"), epochs_done=p.get("epochs_done", 0),
-                   error_pct=p.get("test_err_pct"), wall_time_s=p.get("train_time_s", 0.0))
-        if p.get("epoch_time_s"):
-            out["remaining_s"] = p["epoch_time_s"] * (p["epochs"] - p["epochs_done"])
+                   error_pct=p.get("test_err_pct"), wall_time_s=p.get("train_time_s", 0.0), run_dir=p.get("run_dir"))
+        left = (p.get("epochs") or 0) - out["epochs_done"]
+        now = provenance.run_progress(p["run_dir"]) if p.get("run_dir") else None
+        if now is not None and now["epoch_time_s"]:  # an epoch is its training and its evaluation
+            out.update(remaining_s=now["epoch_time_s"] * left, remaining_counts="training and evaluation")
+        elif p.get("epoch_time_s"):
+            out.update(remaining_s=p["epoch_time_s"] * left, remaining_counts="training only")
     return out
 
 
@@ -135,15 +143,90 @@ def headline_text(h: dict[str, Any]) -> str:
     base = (f"**{h['label']}** (the paper: {h['paper_pct']:.2f}% at 300 epochs, quoted). "
             f"Target here: final test error at most {h['target_pct']:.0f}% after {h['epochs']} epochs. ")
     if h["status"] == "finished":
-        return base + (f"Final test error **{h['error_pct']:.2f}%**: the target is "
-                       f"**{'met' if h['met'] else 'not met'}** ({h['wall_time_s'] / 3600:.1f} h on {h['device']}).")
+        return base + (f"Final test error (the paper's rule: after the last epoch) **{h['error_pct']:.2f}%**, one "
+                       f"seed: the target is **{'met' if h['met'] else 'not met'}**. The lowest test error of any "
+                       f"epoch was {h['best_pct']:.2f}% (epoch {h['best_epoch']}; chosen on the test set, so "
+                       f"optimistic, shown because the official code printed it). Training and evaluation took "
+                       f"{h['wall_time_s'] / 3600:.1f} h; the table below says which machines trained which epochs.")
     if not h["epochs_done"]:
         return base + "The run has not started: no verdict."
-    left = f", about {h['remaining_s'] / 3600:.1f} h to go at its measured epoch time" if h.get("remaining_s") else ""
+    left = (f", about {h['remaining_s'] / 3600:.1f} h to go at its median epoch time ({h['remaining_counts']})"
+            if h.get("remaining_s") else "")
     return base + (f"**In progress, no verdict yet:** {h['epochs_done']} of {h['epochs']} epochs done "
-                   f"({h['wall_time_s'] / 3600:.1f} h of training so far{left}); test error after epoch "
+                   f"({h['wall_time_s'] / 3600:.1f} h of training and evaluation so far{left}); test error after epoch "
                    f"{h['epochs_done']}: {h['error_pct']:.2f}% (the learning rate is still 0.1, so this is not a "
                    "final error).")
+
+
+def headline_metrics(h: dict[str, Any]):
+    """The headline run's metrics.csv, one row per epoch trained so far (None before the first)."""
+    from pathlib import Path
+
+    from densenet_repro.runstore import read_metrics
+
+    folder = h.get("run_dir")
+    return read_metrics(folder) if folder and (Path(folder) / "metrics.csv").is_file() else None
+
+
+def headline_curves_figure(metrics, h: dict[str, Any]):
+    """Training loss and test error per epoch of the headline run, beside the paper's error (quoted, at
+    300 epochs) and the target; the learning-rate drops marked."""
+    from matplotlib.ticker import MaxNLocator
+
+    from densenet_repro import plots
+
+    fig, (ax1, ax2) = plots.figure(ncols=2, width=12.5)
+    ax1.plot(metrics["epoch"], metrics["train_loss"], marker="o", ms=3, label="training loss")
+    ax1.plot(metrics["epoch"], metrics["test_loss"], marker="o", ms=3, label="test loss")
+    ax2.plot(metrics["epoch"], metrics["test_err_pct"], marker="o", ms=3, color="C2", label="test error (ours)")
+    ax2.axhline(h["paper_pct"], color="0.3", ls="--", lw=1, label=f"the paper, 300 epochs: {h['paper_pct']:.2f}% (quoted)")
+    ax2.axhline(h["target_pct"], color="C3", ls=":", lw=1, label=f"target here, {h['epochs']} epochs: {h['target_pct']:.0f}%")
+    for ax in (ax1, ax2):
+        for e in metrics["epoch"][metrics["lr"].diff() < 0]:  # the first epoch at a lower LR
+            ax.axvline(e - 0.5, color="0.75", lw=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch (grey lines: the learning rate drops by 10)")
+        ax.legend(fontsize="small")
+    ax1.set(title="Loss", ylabel="cross-entropy")
+    ax2.set(title="Test error", ylabel="test error (%)", ylim=(0, None))
+    fig.suptitle(f"{h['label']}: every epoch of the run")
+    return fig
+
+
+def headline_machines(metrics):
+    """Which machine trained which epochs of the headline run, and how fast: one row per stretch of
+    epochs trained on one CPU (or GPU) along one path (blocks, layout, precision)."""
+    import pandas as pd
+
+    rows = []
+    unrecorded = "not recorded (trained before the engine recorded it)"
+    m = metrics.assign(hardware=metrics["hardware"].fillna(unrecorded) if "hardware" in metrics else unrecorded,
+                       path=metrics["path"].fillna(unrecorded) if "path" in metrics else unrecorded)
+    stretch = ((m["hardware"] != m["hardware"].shift()) | (m["path"] != m["path"].shift())).cumsum()
+    for _, part in m.groupby(stretch, sort=False):
+        first, last = int(part["epoch"].iloc[0]), int(part["epoch"].iloc[-1])
+        rows.append({"epochs": f"{first}" if first == last else f"{first}-{last}",
+                     "hardware": part["hardware"].iloc[0], "path": part["path"].iloc[0],
+                     "median training time per epoch (min)": round(float(part["epoch_time_s"].median()) / 60, 1),
+                     "training and evaluation (h)": round(float((part["epoch_time_s"] + part["eval_time_s"]).sum())
+                                                          / 3600, 2)})
+    return pd.DataFrame(rows)
+
+
+def independent_check_text(h: dict[str, Any]) -> str:
+    """What the committed weights give when evaluated by code that is not the engine's
+    (independent_eval.py, `python -m densenet_repro evaluate`)."""
+    from densenet_repro.independent_eval import read_result
+
+    result = read_result(h["run_dir"]) if h.get("status") == "finished" else None
+    if result is None:
+        return ("The committed weights have not been evaluated outside the engine yet "
+                "(`python -m densenet_repro evaluate`)." if h.get("status") == "finished" else "")
+    return (f"**Recomputed outside the engine** from the committed `weights.pt` ({result['path']}; the test images "
+            f"decoded from `{result['archive']}`, the normalisation computed from its training images): "
+            f"{result['wrong']:,} of {result['test_images']:,} test images wrong, {result['test_error_pct']:.2f}%, "
+            f"against the {result['engine_final_test_error_pct']:.2f}% the engine reported "
+            f"({result['images_that_differ_in_count']} image(s) apart in the count).")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,8 +253,10 @@ def comparison_results(runs: dict, budget: str) -> list[dict[str, Any]]:
 
 
 def _arm_text(label: str, errs: list[float], sd: float | None, params: int) -> str:
+    """'DenseNet (37,762 params): 38.92 ± 0.53 (seeds: 39.30, 38.55)': mean ± sd, then every seed's error."""
     spread = f" ± {sd:.2f}" if sd is not None else ""
-    return f"{label} ({params:,} params): {sum(errs) / len(errs):.2f}{spread} [{', '.join(f'{e:.2f}' for e in errs)}]"
+    return (f"{label} ({params:,} params): {sum(errs) / len(errs):.2f}{spread} "
+            f"(seed{'s' if len(errs) > 1 else ''}: {', '.join(f'{e:.2f}' for e in errs)})")
 
 
 def comparisons_table(runs: dict, budget: str):
@@ -185,7 +270,7 @@ def comparisons_table(runs: dict, budget: str):
             rows.append({"Claim": comp.claim, "Verdict": f"{r['verdict']} ({r['missing']} runs not trained yet)",
                          "Paper": comp.note})
             continue
-        interval = "-" if d.low != d.low else f"[{d.low:+.2f}, {d.high:+.2f}]"
+        interval = None if d.low != d.low else f"[{d.low:+.2f}, {d.high:+.2f}]"
         missing = f" ({r['missing']} runs not trained yet)" if r["missing"] else ""
         rows.append({"Claim": comp.claim,
                      "A: final test error %": _arm_text(comp.a.label, r["errors"]["a"], d.sd_a, r["params"]["a"]),
@@ -193,6 +278,37 @@ def comparisons_table(runs: dict, budget: str):
                      "A - B (points)": f"{d.diff:+.2f}", "95% interval": interval,
                      "Seeds": f"{d.n_a} + {d.n_b}", "Verdict": r["verdict"] + missing, "Paper": comp.note})
     return pd.DataFrame(rows)
+
+
+def comparison_scope(runs: dict, budget: str) -> verdicts.Scope:
+    """The budget the comparisons' verdicts are reached at: epochs, model sizes, seeds, training images."""
+    if not runs:
+        return verdicts.Scope(budget, "no run finished yet")
+    epochs = sorted({s["epochs"] for s in runs.values()})
+    params = sorted({s["params"] for s in runs.values()})
+    images = sorted({(s.get("data") or {}).get("train") for s in runs.values()} - {None})
+    return verdicts.Scope(budget, f"{' or '.join(map(str, epochs))} epochs of the paper's 300, {params[0]:,}-"
+                                  f"{params[-1]:,} parameters, {len(comparison_seeds(budget))} seeds"
+                                  + (f", {images[-1]:,} training images" if images else ""))
+
+
+def claims(runs: dict, budget: str) -> list[dict[str, Any]]:
+    """The comparisons as claim records for the index: verdict, budget, the difference behind it, caveats."""
+    scope = comparison_scope(runs, budget)
+    out = []
+    for r in comparison_results(runs, budget):
+        d, caveats = r["difference"], []
+        if r["missing"]:
+            caveats.append(f"{r['missing']} runs not trained yet")
+        if d is None:
+            numbers = "no finished run on one side"
+        else:
+            interval = "" if d.low != d.low else f" [{d.low:+.2f}, {d.high:+.2f}]"
+            numbers = (f"A - B = {d.diff:+.2f} points{interval} (A: {r['comparison'].a.label} {d.mean_a:.2f}%, "
+                       f"B: {r['comparison'].b.label} {d.mean_b:.2f}%)")
+            caveats.append(verdicts.edge_caveat(d.low, d.high, 0.0))
+        out.append(verdicts.claim(r["comparison"].claim, r["verdict"], scope, numbers, caveats))
+    return out
 
 
 def unique_runs(runs: dict) -> list[tuple[str, int, dict[str, Any]]]:
@@ -217,9 +333,9 @@ def runs_table(runs: dict):
                      "Final test error %": round(s["reported_test_error_pct"], 2),
                      "Best epoch error %": round(s["best_test_error_pct"], 2),
                      "Final train loss": round(s["final_train_loss"], 4),
-                     "Precision": "fp32" if s.get("amp") == "none" else s.get("amp"),
-                     "Device": s.get("device"), "CPU ISA": hw.get("cpu_capability", "-"),
-                     "Wall time (min)": round(s["wall_time_s"] / 60, 1)})
+                     "Precision": precision_label(s.get("amp")),
+                     "Device": s.get("device"), "CPU ISA": hw.get("cpu_capability"),
+                     "Training time (min)": round(s["wall_time_s"] / 60, 1)})
     return pd.DataFrame(rows)
 
 
@@ -295,11 +411,9 @@ def verdict(cells: list[dict[str, Any]], budget: str, runs: dict | None = None) 
                 parts.append(f"{c['label']} L={c['depth']} on {get_spec(c['dataset']).title} is {dev:+.2f} points "
                              f"from the paper ({'worse' if dev > 0 else 'better'}).")
     if runs:
-        results = comparison_results(runs, budget)
-        tally = {v: sum(r["verdict"] == v for r in results) for v in (stats.HOLDS, stats.FAILS, stats.INCONCLUSIVE)}
-        parts.append(f"Of the {len(results)} claims compared at equal compute, {tally[stats.HOLDS]} hold, "
-                     f"{tally[stats.FAILS]} do not hold and {tally[stats.INCONCLUSIVE]} are inconclusive at this budget "
-                     "(95% Welch intervals over seeds).")
+        judged = claims(runs, budget)
+        parts.append(f"Of the {len(judged)} claims compared at equal compute (95% Welch intervals over seeds), "
+                     f"{verdicts.tally_text(judged)}.")
     if budget == "smoke":
         parts.append("Smoke runs use synthetic data: they show that every code path runs, nothing more.")
     return " ".join(parts)
@@ -307,36 +421,77 @@ def verdict(cells: list[dict[str, Any]], budget: str, runs: dict | None = None) 
 
 def coverage_entries(cells: list[dict[str, Any]], budget: str) -> list[dict[str, Any]]:
     """What notebook 02 covers beyond its finished Table 2 runs (which the index counts from their
-    files): a cell whose run is in progress is prepared, not yet reproduced."""
+    files): a cell whose run is in progress is "in progress", not yet reproduced (the index says how far)."""
     from densenet_repro import coverage
 
     out = []
-    for c in cells:
-        p = c.get("progress")
-        if p is not None:
-            out.append(coverage.entry(coverage.TABLE2_ITEM[c["model"]], coverage.DATASET_COLUMN[c["dataset"]],
-                                      "prepared", f"{budget} budget run in progress: {p['epochs_done']} of "
-                                      f"{p['epochs']} epochs trained, no final error yet"))
+    for c, entry in zip((c for c in cells if c.get("progress") is not None), in_progress(cells)):
+        out.append(coverage.entry(coverage.TABLE2_ITEM[c["model"]], coverage.DATASET_COLUMN[c["dataset"]],
+                                  "in progress", f"{budget} budget run, no final error yet", run=entry["run"]))
     return out
+
+
+def progress_record(model: str, dataset: str, run_dir: str, epoch: int, epochs: int) -> dict[str, Any]:
+    """A Table 2 cell's run in progress as a report shows it (provenance.progress_entry), with the paper's
+    schedule and error for that cell (quoted)."""
+    r = paper.row(model)
+    return provenance.progress_entry(run_dir, f"{r.method}, L = {r.depth}, {get_spec(dataset).title}", epoch, epochs,
+                                     paper_epochs=get_spec(dataset).paper_epochs,
+                                     paper_error_pct=PAPER_ERRORS[model][dataset])
+
+
+def in_progress(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells whose run is still training, with the epoch this report shows (for provenance.record)."""
+    return [progress_record(c["model"], c["dataset"], c["progress"]["run_dir"], c["progress"]["epochs_done"],
+                            c["progress"]["epochs"]) for c in cells if c.get("progress") is not None]
 
 
 def headlines(cells: list[dict[str, Any]], budget: str, runs: dict | None = None,
               head: dict[str, Any] | None = None) -> dict[str, float | str]:
-    """Headline numbers for the reports index, conservative reading first."""
+    """Headline numbers for the reports index (the verdicts go to `claims`, with their budget)."""
     n = counts(cells)
     out: dict[str, float | str] = {"Table 2 DenseNet cells finished": f"{n['finished']}/{n['cells']}"}
     if head is not None:
-        key = f"{head['label']} error % ({budget}, {head['epochs']} epochs; paper, quoted: {head['paper_pct']:.2f})"
         if head["status"] == "finished":
+            key = f"{head['label']} error % ({budget}, {head['epochs']} epochs; paper, quoted: {head['paper_pct']:.2f})"
             out[key] = round(head["error_pct"], 2)
             out[f"{head['label']}: target <= {head['target_pct']:.0f}%"] = "met" if head["met"] else "not met"
-        else:
-            out[f"{head['label']} ({budget})"] = f"in progress: {head['epochs_done']}/{head['epochs']} epochs"
+        elif head["epochs_done"]:
+            out[f"{head['label']}: test error after epoch {head['epochs_done']} of {head['epochs']} "
+                f"(%, not final)"] = round(head["error_pct"], 2)
     if runs:
         for r in comparison_results(runs, budget):
-            d = r["difference"]
-            text = r["verdict"] if d is None else (f"{r['verdict']}: {d.diff:+.2f} points"
-                                                   + ("" if d.low != d.low else f" [{d.low:+.2f}, {d.high:+.2f}]"))
-            out[f"Claim: {r['comparison'].claim} ({budget})"] = text + (
-                f" ({r['missing']} runs not trained yet)" if r["missing"] else "")
+            if r["difference"] is not None:
+                comp = r["comparison"]
+                out[f"{comp.a.label} - {comp.b.label}, final test error (points)"] = round(r["difference"].diff, 2)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The learning-rate schedule of a short run
+# ----------------------------------------------------------------------------------------------
+
+
+def schedule_note(config) -> str:
+    """'' for a schedule with one epoch per step; else what the shortened schedule does to the paper's steps."""
+    config = config.resolved()
+    steps = [int(m * config.epochs) for m in config.lr_milestones]
+    if len(set(steps)) == len(steps) and all(steps):
+        return ""
+    if not any(steps):
+        return (f"With {config.epochs} epoch{'s' if config.epochs != 1 else ''} the learning rate never steps: "
+                f"{lr_schedule_text(config)}.")
+    return (f"With {config.epochs} epochs both learning-rate drops fall at the start of epoch {max(steps) + 1} (50% "
+            f"and 75% of {config.epochs} epochs round down to the same epoch): {lr_schedule_text(config)}, so these "
+            f"runs never train at {config.lr * config.lr_decay:g}. Milestones counted in iterations would keep the "
+            "paper's three phases, but the runs would have to be trained again.")
+
+
+def schedule_notes(budget: str) -> list[str]:
+    """The schedule notes of every kind of run notebook 02's scaling table lists (one per distinct note)."""
+    from densenet_repro import experiments
+
+    configs = [experiments.budget_config(model, "c10+", budget) for model, *_ in experiments.TABLE2_ROWS]
+    if budget == "cpu":
+        configs.insert(0, experiments.headline_config())
+    return [n for n in dict.fromkeys(schedule_note(c) for c in configs) if n]

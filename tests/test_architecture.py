@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from densenet_repro import architecture as arch
+from densenet_repro import imagenet
 from densenet_repro.models.registry import PAPER_PARAMS
 
 
@@ -19,7 +20,7 @@ def test_macs_count_one_per_multiply_add():
 def test_densenet121_macs_match_torchvision():
     gmacs = arch.macs("densenet121", 224) / 1e9
     assert round(gmacs, 2) == 2.83
-    assert gmacs == pytest.approx(arch.torchvision_published("densenet121")["gmacs"], abs=1e-3)
+    assert gmacs == pytest.approx(imagenet.torchvision_published("densenet121")["gmacs"], abs=1e-3)
 
 
 def test_table1_shape_and_content():
@@ -46,7 +47,7 @@ def params():
 
 @pytest.fixture(scope="module")
 def fig3():
-    return arch.figure3_table()
+    return imagenet.figure3_table()
 
 
 def test_param_table_covers_table2(params):
@@ -73,7 +74,7 @@ def test_connections_are_all_pairs(n):
 
 def test_figure3_table_sources(fig3):
     f = fig3.set_index("model")
-    assert f.loc["DenseNet-121", "top-1 error (%)"] == arch.PAPER_TABLE3_TOP1_SINGLE_CROP["densenet121"]
+    assert f.loc["DenseNet-121", "top-1 error (%)"] == imagenet.PAPER_TABLE3_TOP1_SINGLE_CROP["densenet121"]
     import torchvision
 
     acc = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["_metrics"]["ImageNet-1K"]["acc@1"]
@@ -85,7 +86,7 @@ def test_figure3_table_sources(fig3):
 
 @pytest.fixture(scope="module")
 def equiv():
-    return arch.torchvision_equivalence(["densenet121"], image_size=32)
+    return imagenet.torchvision_equivalence(["densenet121"], image_size=32)
 
 
 def test_equivalence_and_verdicts(equiv, params, fig3):

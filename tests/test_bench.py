@@ -156,13 +156,21 @@ def test_accuracy_check_smoke(tmp_path):
     assert set(bench.accuracy_table(acc).columns) >= {"variant", "final test error %"}
 
 
-def test_gpu_section_reads_the_gpu_check_result(tmp_path):
-    assert "prepared but not run" in bench.gpu_section(tmp_path).data  # a sentence, never an empty table
-    (tmp_path / "gpu_check.json").write_text(json.dumps({"env": {"gpu": "NVIDIA H200"}, "epochs": {
-        "eager_fp32": {"epoch_s": 43.0, "images_per_s": 1163.0, "train_loss": 1.5},
-        "default_bf16_cl_compiled": {"epoch_s": 5.0, "compile_s": 80.0, "images_per_s": 10000.0, "train_loss": 1.51}}}))
+def test_gpu_section_reads_the_gpu_check_result_and_says_what_is_measured(tmp_path):
+    from densenet_repro.gpu_check import REHEARSED
+
+    assert REHEARSED in bench.gpu_section(tmp_path).data  # a sentence, never an empty table
+    phase = {"ok": True, "status": "ok", "full_epoch_s": 5.0, "full_epoch_estimated": False, "warmup_s": 80.0,
+             "steady_step_s": 0.006, "images_per_s": 10000.0, "peak_gpu_memory_gib": 3.1,
+             "first_epoch_train_loss": 1.51}
+    result = {"check": "gpu", "phases": {"env": {"gpu": "NVIDIA H200"}, "compiled": phase,
+                                         "eager_fp32": phase | {"ok": False, "status": "timed out"}}}
+    (tmp_path / "gpu_check.json").write_text(json.dumps(result))
     df = bench.gpu_section(tmp_path)
-    assert list(df["mode"]) == ["eager_fp32", "default_bf16_cl_compiled"] and df["compile s"].iloc[1] == 80.0
+    assert list(df["mode"]) == ["compiled", "eager_fp32"] and df["warm-up s"].iloc[0] == 80.0
+    assert list(df["status"]) == ["measured", "timed out"] and (df["gpu"] == "NVIDIA H200").all()
+    (tmp_path / "gpu_check.json").write_text(json.dumps(result | {"check": "rehearsal"}))
+    assert bench.gpu_section(tmp_path)["status"].iloc[0] == REHEARSED
 
 
 def test_memory_efficient_configs_are_what_the_engine_trains():

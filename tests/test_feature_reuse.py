@@ -85,15 +85,30 @@ def test_spread_runs_from_one_over_n_to_one():
     assert fr.spread(np.array([1.0, 1.0, np.nan])) == pytest.approx(1.0)  # sources a target cannot read are skipped
 
 
-def test_snapshots_round_trip_and_are_never_overwritten(tmp_path):
-    maps = fr.heat_maps(tiny(lambda b, s, t: float(s + t)))
-    path = tmp_path / "run-epoch3.json"
-    assert fr.save_snapshot(maps, path)
-    assert not fr.save_snapshot(fr.heat_maps(tiny(lambda b, s, t: 1.0)), path)
-    back = fr.load_snapshot(path)
-    for a, b in zip(maps, back):
-        np.testing.assert_allclose(a.raw, b.raw)
-        assert a.extra == b.extra
+def test_figure5_is_drawn_beside_the_snapshots_the_run_kept(tmp_path):
+    """The headline run in progress (a checkpoint after epoch 16, no dataset here): its maps, those of the
+    weights it kept after epochs 3 and 15, and the untrained network's; the weight files are recorded."""
+    import json
+
+    from densenet_repro import create_model, experiments
+    from densenet_repro.config import config_hash, run_name
+
+    cfg = experiments.headline_config(results=str(tmp_path)).resolved()
+    h = config_hash(cfg, "folder:cifar10-jpeg.tar.gz")
+    run = tmp_path / "table2" / run_name(cfg, h)
+    (run / "snapshots").mkdir(parents=True)
+    for e in (3, 15):
+        torch.manual_seed(e)
+        torch.save(create_model("densenet40_k12").state_dict(), run / "snapshots" / f"epoch_{e:03d}.pt")
+    torch.save({"epoch": 16, "model": create_model("densenet40_k12").state_dict()}, run / "checkpoint.pt")
+    (run / "metrics.csv").write_text("epoch,test_err_pct\n16,13.0\n")
+    (run / "config.json").write_text(json.dumps({"data_source_id": "folder:cifar10-jpeg.tar.gz"}))
+    named, info = fr.figure5_maps("cpu", data_root=str(tmp_path / "no-data"), results=str(tmp_path))
+    assert list(named) == ["trained 16 of 30 epochs (so far)",
+                           "trained 15 of 30 epochs (snapshot, the last epoch at LR 0.1)",
+                           "trained 3 of 30 epochs (snapshot, LR 0.1)", fr.UNTRAINED]
+    assert info["snapshots"] == [15, 3] and all(p.endswith(".pt") for p in info["files"])
+    assert info["in_progress"][0]["epoch"] == 16
 
 
 def test_heat_maps_refuse_a_network_without_dense_blocks():

@@ -85,6 +85,21 @@ def test_no_definitions_in_notebooks(path):
                 f"{path.name} cell {i}: define functions in the package, not in notebooks"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_tables_are_shown_through_the_one_helper(path):
+    """No pandas styling or display options, and no cell that ends by showing a bare variable (a DataFrame
+    shown so would bring its index column, NaN and unrounded floats): tables go through tables.show."""
+    for i, cell in enumerate(_load(path)["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        src = _source(cell)
+        assert ".style" not in src and "set_option" not in src, f"{path.name} cell {i}: use densenet_repro.tables.show"
+        body = ast.parse(src).body
+        if body and isinstance(body[-1], ast.Expr):
+            assert not isinstance(body[-1].value, (ast.Name, ast.Subscript, ast.Attribute)), \
+                f"{path.name} cell {i} ends by showing {ast.unparse(body[-1])!r}: show it with tables.show(...)"
+
+
 # --------------------------------------------------------------------------------------------
 # JupyterLab: the kernel it picks for the notebooks, and the notebooks run on it
 # --------------------------------------------------------------------------------------------
@@ -146,8 +161,9 @@ def test_a_notebook_runs_on_the_kernel_jupyterlab_picks(tmp_path, monkeypatch):
     nbformat.validate(nb)
 
 
-# Notebooks that render from committed results at their defaults (02 trains Table 2 cells that are
-# not committed yet, and needs the dataset under its data_root).
+# Notebooks executed here as JupyterLab would, at their defaults: the two that train nothing and read
+# only committed benchmark results (02-05 read committed runs too, and render through the report
+# pipeline in tests/test_reports.py's way; executing them here would add minutes).
 DEFAULTS_NOTEBOOKS = [p for p in NOTEBOOKS if p.name in ("01_architecture.ipynb", "06_performance.ipynb")]
 
 

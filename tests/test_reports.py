@@ -1,7 +1,8 @@
 """The report pipeline at the smoke budget, on tiny notebooks written into a tmp folder.
 
 One module fixture renders two notebooks once (one that works, one that raises), so the whole
-file costs two kernel start-ups; the usage errors fail before any kernel starts.
+file costs two kernel start-ups; the usage errors, the guards and the failed writes fail before
+any kernel starts (or stand papermill in for one).
 """
 
 from __future__ import annotations
@@ -39,10 +40,16 @@ def rendered(tmp_path_factory):
     result_file = base / "result.csv"
     result_file.write_text("a,b\n1,2\n")
     _notebook(nbdir / "01_ok.ipynb", [
-        "import sys, matplotlib.pyplot as plt\nfrom densenet_repro import plots, coverage\nplots.set_style()",
+        "import sys, matplotlib.pyplot as plt, pandas as pd\n"
+        "from densenet_repro import plots, coverage, stats, tables, verdicts\nplots.set_style()",
         "fig, ax = plots.figure()\nax.plot([0, 1, 2], [2, 0, 1])\nplt.show()",
+        "scope = verdicts.Scope('smoke', 'two toy numbers')\n"
+        "tables.show(pd.DataFrame({'claim': ['a < b', 'c < d'], 'error': [float('nan'), 2.5], "
+        "'verdict': [stats.HOLDS, stats.FAILS]}), "
+        "scope=scope, missing={'error': 'not measured'})",
         f"provenance.record(headlines={{'zeta first': 1.0, 'answer': 42.0, 'python': sys.executable}}, "
         f"dataset='tiny', files=[{str(result_file)!r}], "
+        f"claims=[verdicts.claim('a < b', stats.HOLDS, scope, '1 < 2')], "
         f"coverage=[coverage.entry('Table 1', 'layer configuration', 'exact', 'tiny')])",
     ])
     # a markdown heading before the plot: the image's alt text comes from it
@@ -73,7 +80,7 @@ def test_ok_report(rendered):
     assert row["wall_time_s"] > 0 and row["commit"]
     html = (out / "01_ok.html").read_text()
     assert (out / "01_ok.html").stat().st_size < reports.MAX_HTML_BYTES
-    assert "Provenance" in html and "Wall time" in html and "Budget" in html
+    assert "Provenance" in html and "Render time" in html and "Budget" in html
     assert "not known until" not in html  # the pipeline filled in the wall time
     assert "data:image/png;base64," in html  # the plot, embedded as PNG
     assert "provenance.start(" not in html and "ax.plot(" not in html  # code hidden
@@ -100,11 +107,37 @@ def test_index_html_lists_every_report(rendered):
     assert "no good report yet" in html
 
 
+def test_the_index_answers_what_is_reproduced_first(rendered):
+    """Summary, then the claims (verdict at its budget, numbers), then coverage, then the reports, whose
+    inputs are collapsed; render time and training time are two columns."""
+    html = (rendered["out"] / "index.html").read_text()
+    order = [html.index(s) for s in ("<b>The paper</b>", "<b>Claims judged</b>", "<h2>Claims</h2>",
+                                     "<h2>Coverage of the paper</h2>", "<h2>Reports</h2>")]
+    assert order == sorted(order)
+    assert "a &lt; b" in html and "at the smoke budget (two toy numbers)" in html and "1 &lt; 2" in html
+    assert "<details><summary>2 input files (sha256)</summary>" in html
+    assert "<th>Render time</th><th>Training behind it</th>" in html
+    assert "none: this report trains nothing" in html
+
+
 def test_headlines_keep_their_order_and_code_is_hashed(rendered):
     row = rendered["rows"]["01_ok"]
     assert list(row["headlines"]) == ["zeta first", "answer", "python"]
     assert "densenet_repro/provenance.py" in row["code"]
     assert row["code"]["densenet_repro/plots.py"] == provenance.sha256_file(ROOT / "densenet_repro" / "plots.py")
+
+
+def test_a_rendered_report_and_its_index_read_well(rendered):
+    """The reader's checks (tests/test_report_reader.py) on pages rendered through a real kernel."""
+    from densenet_repro.reports import reader
+
+    out = rendered["out"]
+    html = (out / "01_ok.html").read_text()
+    assert reader.problems(html) == [] and reader.problems((out / "index.html").read_text(), report=False) == []
+    assert "<title>Tiny test notebook</title>" in html
+    assert "holds at the smoke budget" in html and "Verdicts reached at the smoke budget (two toy numbers)." in html
+    assert "— not measured" in html
+    assert "<title>Tiny test notebook (failed render)</title>" in (out / "02_fail.failed.html").read_text()
 
 
 def test_images_have_alt_text(rendered):
@@ -261,6 +294,134 @@ def test_committed_reports_are_not_stale():
     rows = reports.read_index(reports_dir)
     assert {r["budget"] for r in rows} == {"cpu"}, "the committed reports are the cpu-budget ones"
     assert all(r["html_bytes"] < reports.MAX_HTML_BYTES for r in rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Writes that fail, interruptions and guards: the last good report and the index stay as they were
+# --------------------------------------------------------------------------------------------
+
+
+def _copy(rendered, tmp_path):
+    import shutil
+
+    nbdir, out = tmp_path / "notebooks", tmp_path / "out"
+    shutil.copytree(rendered["nbdir"], nbdir)
+    shutil.copytree(rendered["out"], out)
+    return nbdir, out, {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def _fake_papermill(monkeypatch, behaviour):
+    """papermill.execute_notebook stood in for: `behaviour(input, output)` instead of a kernel."""
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, **kw: behaviour(src, dst))
+
+
+def _copy_input(src, dst):
+    import shutil
+
+    shutil.copy(src, dst)
+
+
+def test_a_write_that_fails_midway_keeps_the_last_good_report_and_the_index(rendered, tmp_path, monkeypatch, capsys):
+    """A full disk while the report is written: one line, and every file of the folder as it was."""
+    import errno
+    import os
+
+    from densenet_repro import atomic
+
+    nbdir, out, before = _copy(rendered, tmp_path)
+    _fake_papermill(monkeypatch, _copy_input)
+    real_fsync = os.fsync
+
+    def fsync_then_fail(fd):  # the .ipynb is written and synced; the .html, written next, fails midway
+        if ".html.tmp" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync_then_fail)
+    code = reports.main(["--budget", "smoke", "--notebooks", str(nbdir), "--out", str(out), "--only", "01"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "No space left on device" in err, err
+    assert "last good report and the index are unchanged" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary left, nothing replaced
+
+
+def test_ctrl_c_during_a_render_is_one_line_and_loses_nothing(rendered, tmp_path, monkeypatch, capsys):
+    nbdir, out, before = _copy(rendered, tmp_path)
+
+    def interrupted(src, dst):
+        _copy_input(src, dst)  # papermill had started writing its output
+        raise KeyboardInterrupt
+
+    _fake_papermill(monkeypatch, interrupted)
+    code = reports.main(["--budget", "smoke", "--notebooks", str(nbdir), "--out", str(out), "--only", "01"])
+    err = capsys.readouterr().err.strip()
+    assert code == 130 and len(err.splitlines()) == 1 and "nothing is lost" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("content", ['{"reports": [{"name": "01_ok", "sta', "[1, 2]", '{"reports": {}}'],
+                         ids=["truncated", "not an object", "no list of rows"])
+def test_a_damaged_index_is_one_line_naming_the_file_and_the_fix(rendered, tmp_path, capsys, content):
+    nbdir, out, _ = _copy(rendered, tmp_path)
+    (out / "index.json").write_text(content)
+    code = reports.main(["--budget", "smoke", "--notebooks", str(nbdir), "--out", str(out), "--only", "01"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert "index.json" in err and "git checkout" in err and "delete it" in err
+    with pytest.raises(reports.IndexDamagedError):
+        reports.stale_reports(out)
+
+
+def _committed_reports_at(tmp_path, monkeypatch, rendered):
+    """A repository root of our own, so that its reports/ folder is the committed one."""
+    import shutil
+
+    from densenet_repro.reports import cli
+
+    shutil.copytree(rendered["out"], tmp_path / "reports")
+    monkeypatch.setattr(cli, "repo_root", lambda: tmp_path)
+    return tmp_path / "reports", {p.name: p.read_bytes() for p in (tmp_path / "reports").iterdir()}
+
+
+def test_a_parameter_cannot_bring_another_budget_into_the_committed_reports(rendered, tmp_path, monkeypatch, capsys):
+    committed, before = _committed_reports_at(tmp_path, monkeypatch, rendered)
+    with pytest.raises(SystemExit) as e:
+        reports.main(["--only", "01", "-p", "budget=smoke", "--notebooks", str(rendered["nbdir"])])
+    assert e.value.code == 2 and "--out" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in committed.iterdir()} == before
+
+
+def test_the_paper_budget_on_a_cpu_states_its_cost_and_needs_device_cpu(rendered, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        reports.main(["--budget", "paper", "--notebooks", str(rendered["nbdir"]), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--device cpu" in err and "300 epochs" in err
+    assert not (tmp_path / "o").exists()
+    said = []
+    assert reports.resolve_device("cpu", "paper", log=said.append) == "cpu"  # asked for: runs, and says the cost
+    assert said and "300 epochs" in said[0]
+    assert reports.resolve_device(None, "cpu") == "cpu"
+
+
+def test_an_unwritable_output_folder_fails_before_any_notebook_runs(rendered, tmp_path, monkeypatch, capsys):
+    _fake_papermill(monkeypatch, lambda src, dst: pytest.fail("a notebook ran"))
+    (tmp_path / "a_file").write_text("")
+    code = reports.main(["--budget", "smoke", "--notebooks", str(rendered["nbdir"]),
+                         "--out", str(tmp_path / "a_file" / "reports")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "cannot write to" in err and "--out" in err
+
+
+def test_index_only_rewrites_the_index_from_its_rows(rendered, tmp_path):
+    _, out, before = _copy(rendered, tmp_path)
+    (out / "index.html").unlink()
+    assert reports.main(["--out", str(out), "--index-only"]) == 0
+    assert (out / "index.html").read_bytes() == before["index.html"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -329,7 +329,7 @@ def run_section(section: Section, size: Size, *, do_compile: bool, peaks: dict[s
         pairs = [(by_name["ours"], by_name["torchvision"]), (by_name["timm"], by_name["torchvision"]),
                  (by_name["fast"], by_name["torchvision"])]
     equiv = equivalence(section, state_dict, x, y, pairs)
-    log(f"[bench]   equivalence (fp32 vs float64, grad): " +
+    log("[bench]   equivalence (fp32 vs float64, grad): " +
         ", ".join(f"{e['config']} {e['max_rel_diff_grad']:.1e}" for e in equiv["vs_float64"]))
     return {"name": section.name, "title": section.title, "net": section.net, "image_size": section.image_size,
             "batch": section.batch, "baseline": base, **flops, "results": results, "equivalence": equiv}

@@ -14,6 +14,7 @@ from typing import Any
 
 from densenet_repro.bench.configs import (CIFAR_CONFIGS, FAST_PATH, IMAGENET_CONFIGS, IMAGENET_SAME_CODE,
                                           MEMORY_EFFICIENT_MODE, MEMORY_EFFICIENT_PAIRS)
+from densenet_repro.tables import precision_label
 
 # The targets notebook 06 states (its claims 1-3) and judges here; each is met or not on the numbers.
 # Claim 1: the fast path (bf16 + channels_last + fast blocks) trains DenseNet-BC-100 at least this many
@@ -35,6 +36,8 @@ DENSENET121_SPEEDUP_TARGET = 1.3
 # the reference implementation's own fp32 rounding does.
 IDENTICAL_TOL = 1e-5
 FLOAT_TOL_FACTOR = 3.0
+# Quoted (paper facts): gpleiss/efficient_densenet_pytorch, DenseNet-BC-100, batch 64, Pascal Titan X.
+GPLEISS_REFERENCE = {"naive_gb": 2.863, "efficient_gb": 1.605, "naive_s": 0.165, "efficient_s": 0.207}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,6 +67,21 @@ def table(result: dict[str, Any], section: str):
             "compile s": r["compile_s"] if r["compile_s"] is not None else math.nan,
         })
     return pd.DataFrame(rows).round(2)
+
+
+def missing_reasons(result: dict[str, Any], section: str) -> dict[str, str]:
+    """Why a cell of `table(result, section)` can be empty (for tables.show): the benchmark measures these only
+    where they apply."""
+    base = _section(result, section)["baseline"]
+    inference = "inference is not timed for this configuration (a training-only mode)"
+    memory = "not measured for this configuration"
+    return {"infer img/s": inference, f"infer x {base}": inference, "peak step memory MB": memory,
+            f"memory x {base}": memory, "% time in convs": "not profiled for this configuration",
+            "compile s": "not compiled: an eager configuration"}
+
+
+# The relative differences of `equivalence_table` span 1e-8 to 1e-2: shown in scientific notation.
+EQUIVALENCE_DECIMALS = {"max rel. diff, output": ".1e", "max grad diff / max grad": ".1e"}
 
 
 def current_rows(sec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -97,8 +115,22 @@ def result_notes(result: dict[str, Any]):
     if dropped_configs(result):
         parts.append("in this result but no longer a configuration of the benchmark, so not shown: "
                      + ", ".join(f"`{c}`" for c in dropped_configs(result)))
-    return Markdown(("**Configurations.** " + "; ".join(parts) + ".") if parts else
-                    "**Configurations.** This result holds every configuration of the benchmark.")
+    text = (("**Configurations.** " + "; ".join(parts) + ".") if parts else
+            "**Configurations.** This result has every configuration of the benchmark.")
+    return Markdown(text + " " + measured_at(result))
+
+
+def measured_at(result: dict[str, Any]) -> str:
+    """Which code measured these numbers, against the code that renders them (Markdown)."""
+    from densenet_repro import provenance
+
+    head, _ = provenance.git_commit()
+    made = result["commit"][:12] + (" with uncommitted changes" if result.get("dirty") else "")
+    if head in ("unknown", result["commit"]):
+        return f"**Measured** by `{result['command']}` at commit {made}, {result['created']}."
+    return (f"**Measured earlier** than this report: by `{result['command']}` at commit {made}, {result['created']}; "
+            f"this report renders them at commit {head[:12]}. Code changed since then is not measured here; "
+            "`python -m densenet_repro bench` measures it again.")
 
 
 def _section(result: dict[str, Any], name: str) -> dict[str, Any]:
@@ -156,10 +188,10 @@ def _target_rows(result: dict[str, Any], accuracy: dict[str, Any] | None = None)
         rows.append({"target": "... with the same final accuracy as fp32: |fast - fp32| mean test error within "
                                "the larger seed spread",
                      "measured": f"|fast - fp32| = {abs(accuracy['difference_pct']):.2f} points vs a seed spread of "
-                                 f"{spread:.2f}: within it: {bool(accuracy['same_within_spread'])} "
+                                 f"{spread:.2f}: within it: {_yes(accuracy['same_within_spread'])} "
                                  f"(means: fast {accuracy['mean_error_pct']['fast']:.2f}, fp32 "
                                  f"{accuracy['mean_error_pct']['fp32']:.2f}; the lenient reading 'fast not worse "
-                                 f"by more than the spread': {bool(accuracy['not_worse_within_spread'])})",
+                                 f"by more than the spread': {_yes(accuracy['not_worse_within_spread'])})",
                      "met": bool(accuracy["same_within_spread"])})
     # Memory-efficient mode: what --memory-efficient gives in the training engine (plain checkpointed
     # blocks), against the naive baseline and the fast mode in the same precision.
@@ -172,7 +204,9 @@ def _target_rows(result: dict[str, Any], accuracy: dict[str, Any] | None = None)
     else:
         rows.append({"target": memory_target,
                      "measured": f"x{me['memory_ratio_to_baseline']:.2f} ({me['peak_step_memory_mb']:.0f} MB vs "
-                                 f"{base['peak_step_memory_mb']:.0f} MB)",
+                                 f"{base['peak_step_memory_mb']:.0f} MB); gpleiss' BC-100 on a GPU (quoted): "
+                                 f"{GPLEISS_REFERENCE['naive_gb']} -> {GPLEISS_REFERENCE['efficient_gb']} GB "
+                                 f"(x{GPLEISS_REFERENCE['efficient_gb'] / GPLEISS_REFERENCE['naive_gb']:.2f})",
                      "met": me["memory_ratio_to_baseline"] <= MEMORY_EFFICIENT_MEMORY_TARGET})
     readings = []
     for me_name, fast_name in MEMORY_EFFICIENT_PAIRS:
@@ -182,9 +216,16 @@ def _target_rows(result: dict[str, Any], accuracy: dict[str, Any] | None = None)
             readings.append((slower, f"{100 * slower:+.1f}% ({_prec(a)}: "
                                      f"{a['train']['median']:.1f} vs {b['train']['median']:.1f} img/s)"))
     readings.sort(key=lambda t: -t[0])  # the slowest reading first
+    g = GPLEISS_REFERENCE
+    against_naive = ""
+    if me is not None:  # the reference implementation's way: time per step against the naive fp32 baseline
+        overhead = statistics.median(_round_ratio(base, me)) - 1
+        against_naive = (f"; against the naive fp32 baseline, as gpleiss measures it: {100 * overhead:+.0f}% time "
+                         f"per step; gpleiss' BC-100 on a Pascal Titan X (quoted): {g['naive_s']} -> "
+                         f"{g['efficient_s']} s per batch ({100 * (g['efficient_s'] / g['naive_s'] - 1):+.0f}%)")
     rows.append({"target": f"--memory-efficient at most {100 * MEMORY_EFFICIENT_SLOWDOWN_TARGET:g}% slower than the "
                            "fast mode (same precision and layout)",
-                 "measured": ("slower by " + "; ".join(t for _, t in readings)) if readings
+                 "measured": ("slower by " + "; ".join(t for _, t in readings) + against_naive) if readings
                              else "not measured: no memory-efficient/fast pair in this result",
                  "met": bool(readings) and all(s <= MEMORY_EFFICIENT_SLOWDOWN_TARGET for s, _ in readings)})
     imn = _section(result, "imagenet")
@@ -224,6 +265,10 @@ def _target_rows(result: dict[str, Any], accuracy: dict[str, Any] | None = None)
                              f"(ratio {fast_err / tv_err:.1f}, allowed {FLOAT_TOL_FACTOR:g})",
                  "met": worst_same <= IDENTICAL_TOL and fast_err <= FLOAT_TOL_FACTOR * tv_err})
     return rows
+
+
+def _yes(flag: Any) -> str:
+    return "yes" if flag else "no"
 
 
 def _prec(row: dict[str, Any]) -> str:
@@ -275,6 +320,9 @@ def headlines(result: dict[str, Any], accuracy: dict[str, Any] | None = None, ve
                for a, b in MEMORY_EFFICIENT_PAIRS if _row(cifar, a) and _row(cifar, b)]
     if slowest:
         out["BC-100 --memory-efficient slower than fast mode (%)"] = round(100 * max(slowest), 1)
+    if me:
+        out["BC-100 --memory-efficient time per step vs naive fp32 (%)"] = round(
+            100 * (statistics.median(_round_ratio(base, me)) - 1), 1)
     if fast["memory_ratio_to_baseline"]:
         out["BC-100 fast path memory x naive (bf16 vs fp32)"] = round(fast["memory_ratio_to_baseline"], 2)
     imn = _section(result, "imagenet")
@@ -297,7 +345,8 @@ def accuracy_table(acc: dict[str, Any]):
 
     df = pd.DataFrame(acc["runs"])
     df["depth"] = [(k or {}).get("depth") for k in df["model_kwargs"]]
-    df = df[["variant", "seed", "depth", "epochs", "final_test_error_pct", "train_images_per_s", "amp",
+    df["precision"] = [precision_label(a) for a in df["amp"]]
+    df = df[["variant", "seed", "depth", "epochs", "final_test_error_pct", "train_images_per_s", "precision",
              "channels_last", "fast_blocks"]]
     return df.rename(columns={"final_test_error_pct": "final test error %", "train_images_per_s": "train img/s"})
 
@@ -387,19 +436,26 @@ GPU_OUT = "results/gpu"  # where python -m densenet_repro gpu-check's committed 
 
 
 def gpu_results(folder: str | os.PathLike = GPU_OUT):
-    """A row per engine mode of the committed gpu-check result (none until it has run on a GPU)."""
+    """A row per engine mode of the committed gpu-check result (gpu_check.gpu_rows), with whether each
+    is a measurement: none until a check has been committed."""
     import pandas as pd
 
-    cols = ["gpu", "mode", "epoch s", "compile s", "img/s", "peak GiB", "epoch-1 train loss", "file"]
+    from densenet_repro.gpu_check import gpu_rows
+
+    cols = ["gpu", "mode", "status", "epoch s", "warm-up s", "steady step s", "img/s", "peak GiB",
+            "epoch-1 train loss", "file"]
     path = Path(folder) / "gpu_check.json"
     if not path.is_file():
         return pd.DataFrame(columns=cols)
-    r = json.loads(path.read_text(encoding="utf-8"))
-    rows = [{"gpu": r.get("env", {}).get("gpu"), "mode": name, "epoch s": m.get("epoch_s"),
-             "compile s": m.get("compile_s"), "img/s": m.get("images_per_s"), "peak GiB": m.get("peak_gpu_memory_gib"),
-             "epoch-1 train loss": m.get("train_loss"), "file": path.as_posix()}
-            for name, m in r.get("epochs", {}).items()]
+    rows = [{"gpu": r["gpu"], "mode": r["mode"], "status": r["status"], "epoch s": r["epoch_s"],
+             "warm-up s": r["warmup_s"], "steady step s": r["steady_step_s"], "img/s": r["images_per_s"],
+             "peak GiB": r["peak_gpu_memory_gib"], "epoch-1 train loss": r["first_epoch_train_loss"],
+             "file": path.as_posix()}
+            for r in gpu_rows(json.loads(path.read_text(encoding="utf-8")))]
     return pd.DataFrame(rows, columns=cols)
+
+
+GPU_MISSING = "not in this gpu-check result"  # why a cell of gpu_results is empty
 
 
 def gpu_section(folder: str | os.PathLike = GPU_OUT):
@@ -409,5 +465,7 @@ def gpu_section(folder: str | os.PathLike = GPU_OUT):
         return df
     from IPython.display import Markdown
 
+    from densenet_repro.gpu_check import REHEARSED
+
     return Markdown(f"No GPU result yet: no `{Path(folder).as_posix()}/gpu_check.json` is committed. The GPU "
-                    "targets are **prepared but not run**.")
+                    f"targets are **{REHEARSED}** (`python -m densenet_repro gpu-check --rehearse`, run by the tests).")
