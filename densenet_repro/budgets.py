@@ -23,18 +23,3 @@ COMPARISON_SEEDS = {"smoke": 2, "cpu": 2, "paper": 3}
 def comparison_seeds(budget: str) -> tuple[int, ...]:
     return tuple(range(COMPARISON_SEEDS[check_budget(budget)]))
 
-
-def run_fields(budget: str) -> dict:
-    """The RunConfig fields every run of a budget shares, whatever experiment it belongs to.
-
-    smoke: the synthetic set, small enough for seconds; cpu: all of CIFAR-10, in the precision the
-    CPU runs fastest (bf16 where oneDNN has it natively, AVX512-BF16 or AMX; fp32 elsewhere, where
-    bf16 is emulated and 100x slower); paper: the official data at the paper's fp32.
-    """
-    from densenet_repro.data import SYNTHETIC_SIZE
-    from densenet_repro.fastpath import bf16_native
-
-    smoke = check_budget(budget) == "smoke"
-    return {"train_subset": SYNTHETIC_SIZE[0] if smoke else None, "test_subset": SYNTHETIC_SIZE[1] if smoke else None,
-            "data_source": "synthetic" if smoke else "auto",
-            "amp": "bf16" if budget == "cpu" and bf16_native() else "none", "budget": budget}

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from densenet_repro import paper
-from densenet_repro.budgets import check_budget, comparison_seeds, run_fields
+from densenet_repro.budgets import check_budget, comparison_seeds
 from densenet_repro.paper import COMPARISONS, Arm
 from densenet_repro.data import SYNTHETIC_SIZE, get_spec
 from densenet_repro.config import RunConfig, build_model, lr_schedule_text
+from densenet_repro.fastpath import bf16_native
 from densenet_repro.plan import plan
 from densenet_repro.runstore import publish, read_metrics, read_summary
 from densenet_repro.train import train
@@ -53,6 +54,20 @@ class Scale:
     train_subset: int | None = None   # class-balanced training images instead of all (smoke only)
     test_subset: int | None = None
     num_threads: int | None = None    # torch CPU threads (does not change the numbers' meaning)
+
+
+# --- what every run of a budget shares ----------------------------------------------------------
+def run_fields(budget: str) -> dict:
+    """The RunConfig fields every run of a budget shares, whatever experiment it belongs to.
+
+    smoke: the synthetic set, small enough for seconds; cpu: all of CIFAR-10, in the precision the
+    CPU runs fastest (bf16 where oneDNN has it natively, AVX512-BF16 or AMX; fp32 elsewhere, where
+    bf16 is emulated and 100x slower); paper: the official data at the paper's fp32.
+    """
+    smoke = check_budget(budget) == "smoke"
+    return {"train_subset": SYNTHETIC_SIZE[0] if smoke else None, "test_subset": SYNTHETIC_SIZE[1] if smoke else None,
+            "data_source": "synthetic" if smoke else "auto",
+            "amp": "bf16" if budget == "cpu" and bf16_native() else "none", "budget": budget}
 
 
 # --- the headline cell ------------------------------------------------------------------------

@@ -31,7 +31,7 @@ records the epoch the report showed; the index reads how far the run is now (`ru
 the report goes stale only when the run finishes. `record` refuses a file of an unfinished run
 folder that no such entry covers.
 
-This module must import without papermill/nbconvert: train.py, bench/ and gpu_check.py import it,
+This module must import without papermill/nbconvert: train.py, bench/ and gpu_check/ import it,
 and an environment set up only to train need not have them.
 """
 
@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from densenet_repro.budgets import BUDGETS, check_budget
+from densenet_repro.devices import machine
 
 PROVENANCE_MIME = "application/vnd.densenet-repro.provenance+json"
 RECORD_MIME = "application/vnd.densenet-repro.record+json"
@@ -99,44 +100,6 @@ def git_commit(root: Path | None = None) -> tuple[str, bool]:
             return "unknown", False
         return named.removesuffix("+changes"), named.endswith("+changes")
     return sha, bool(status.strip())
-
-
-def cpu_model() -> str:
-    """Marketing name of the CPU (from /proc/cpuinfo on Linux), else platform.processor()."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def _memory_gib() -> float | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def hardware(device: str = "cpu") -> dict[str, Any]:
-    """CPU model and cores, memory, torch threads, and the GPU name when `device` is a CUDA device."""
-    import torch
-
-    info: dict[str, Any] = {
-        "cpu": cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "memory_gib": None if _memory_gib() is None else round(_memory_gib(), 1),
-    }
-    dev = torch.device(device)
-    if dev.type == "cuda" and torch.cuda.is_available():
-        idx = dev.index if dev.index is not None else torch.cuda.current_device()
-        info["gpu"] = torch.cuda.get_device_name(idx)
-        info["gpu_count"] = torch.cuda.device_count()
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def versions() -> dict[str, str]:
@@ -447,7 +410,7 @@ def start(budget: str, data_root: str, device: str = "cpu", seed: int = 0, *,
         "seed": seed,
         "dataset": _describe_data_root(data_root, budget, uses_data),
         "uses_data": bool(uses_data),
-        "hardware": hardware(device),
+        "hardware": machine(device),
         "versions": versions(),
         "commit": commit,
         "dirty": dirty,

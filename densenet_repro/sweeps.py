@@ -19,10 +19,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from densenet_repro.budgets import check_budget, run_fields
+from densenet_repro.budgets import check_budget
 from densenet_repro.config import RunConfig, lr_schedule_text
 from densenet_repro.data import SYNTHETIC_SIZE
-from densenet_repro.experiments import train_or_read
+from densenet_repro.experiments import run_fields, train_or_read
 
 SEEDS = {"smoke": (0, 1), "cpu": (0, 1), "paper": (0, 1, 2)}
 EPOCHS = {"smoke": 1, "cpu": 2, "paper": 300}

@@ -26,6 +26,9 @@ from densenet_repro import train as T
 from densenet_repro.errors import (CheckpointError, DataMismatchError, DataReadError, OutputNotWritableError,
                                    ResultFileError)
 
+from test_run_integrity import tiny as synthetic  # a tiny DenseNet on synthetic data
+from test_train import interrupted_after_one_epoch as interrupted
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -150,25 +153,8 @@ def test_a_damaged_dataset_cache_names_the_folder_to_delete(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
-def synthetic(tmp_path: Path, **kw) -> T.RunConfig:
-    base = dict(model="densenet40_k12", dataset="c10+", model_kwargs={"depth": 10}, epochs=2, data_source="synthetic",
-                train_subset=128, test_subset=64, out=str(tmp_path / "runs"), results=str(tmp_path / "results"),
-                progress="none", num_threads=1, device="cpu")
-    base.update(kw)
-    return T.RunConfig(**base)
-
-
-def interrupted(cfg: T.RunConfig) -> Path:
-    def stop(epoch, row):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        T.train(cfg, on_epoch_end=stop)
-    return next((Path(cfg.out) / cfg.experiment).iterdir())
-
-
 def test_temporary_files_of_a_killed_writer_are_removed_when_the_folder_is_next_opened(tmp_path):
-    cfg = synthetic(tmp_path)
+    cfg = synthetic(tmp_path, epochs=2)
     run = interrupted(cfg)
     left = [run / ".checkpoint.pt.tmp12345", run / ".weights.pt.tmp999"]
     for p in left:
@@ -189,7 +175,7 @@ def test_a_checkpoint_whose_rows_disagree_with_its_epoch_is_refused(tmp_path):
 
 @pytest.mark.parametrize("damage", ["no model", "another architecture"])
 def test_a_checkpoint_without_its_parts_or_of_another_network_is_one_line(tmp_path, damage):
-    cfg = synthetic(tmp_path)
+    cfg = synthetic(tmp_path, epochs=2)
     run = interrupted(cfg)
     state = torch.load(run / T.CHECKPOINT, weights_only=False)
     if damage == "no model":

@@ -341,9 +341,9 @@ def run_section(section: Section, size: Size, *, do_compile: bool, peaks: dict[s
 
 
 def machine_info() -> dict[str, Any]:
-    from densenet_repro import provenance
+    from densenet_repro import devices
 
-    info = provenance.hardware("cpu")
+    info = devices.machine("cpu")
     flags = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

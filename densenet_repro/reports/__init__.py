@@ -20,9 +20,8 @@ Every name that used to live in densenet_repro/reports.py is importable from her
 from densenet_repro.reports.cli import (COMMITTED, INTERRUPTED, build_parser, check_committed_budget, check_writable,
                                         default_data_root, main, resolve_device)
 from densenet_repro.reports.index import (INDEX_HTML, INDEX_JSON, IndexDamagedError, merge_row, read_index,
-                                          runs_in_progress, stale_reports, training_behind, training_text,
-                                          write_index)
-from densenet_repro.reports.page import coverage_html, index_html
+                                          runs_in_progress, stale_reports, training_behind, training_text)
+from densenet_repro.reports.page import coverage_html, index_html, write_index
 from densenet_repro.reports.render import (MAX_HTML_BYTES, NOTEBOOK_RE, PROVENANCE_CELL_TAG, REQUIRED_PARAMETERS,
                                            ReportError, ReportWriteError, check_parameters, extract, failed_name,
                                            find_notebooks, image_descriptions, notebook_parameters, parse_parameter,

@@ -28,7 +28,8 @@ from typing import Any, Mapping
 from densenet_repro import atomic
 from densenet_repro.budgets import BUDGETS, DEFAULT_BUDGET, check_budget
 from densenet_repro.errors import UserError, guarded
-from densenet_repro.reports.index import INDEX_HTML, merge_row, read_index, rel, repo_root, write_index
+from densenet_repro.reports.index import INDEX_HTML, merge_row, read_index, rel, repo_root
+from densenet_repro.reports.page import write_index
 from densenet_repro.reports.render import (ReportError, check_parameters, find_notebooks, parse_parameter,
                                            render_notebook)
 

@@ -4,7 +4,7 @@ One row per report (`render.render_notebook` makes it): status, budget, dataset,
 time, commit, headline numbers, claims, coverage, the runs in progress it showed (with the epoch it
 showed), and the sha256 of its notebook, of every result file it read and of every package source
 file it imported. Three readers: `stale_reports` (is a committed report still what its inputs
-give?), `page.index_html` (the index people read), and the next render (`merge_row`).
+give?), `page.write_index` (index.json and the page people read), and the next render (`merge_row`).
 
 A run in progress is not a result file: it changes every epoch. A report records the epoch it
 showed; the report stays valid while the run trains on, and goes stale when the run finishes (its
@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from densenet_repro import atomic, provenance
+from densenet_repro import provenance
 from densenet_repro.errors import UserError
 
 INDEX_JSON = "index.json"
@@ -77,23 +77,6 @@ def read_index(out_dir: Path) -> list[dict[str, Any]]:
         raise IndexDamagedError(f"{rel(p)} is not a reports index (an object whose 'reports' list holds one "
                                 f"row per report): {fix}")
     return rows
-
-
-def write_index(out_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """Write index.json (machine-readable) and index.html (the page people read), both or neither."""
-    from densenet_repro import coverage
-    from densenet_repro.reports import page
-
-    rows = sorted(rows, key=lambda r: r["name"])
-    root = repo_root()
-    cov = coverage.coverage_rows(rows, root)
-    progress = runs_in_progress(rows, root)
-    now = {run: {k: v for k, v in p["now"].items() if k != "exists"} for run, p in progress.items()}
-    atomic.write_texts({
-        Path(out_dir) / INDEX_JSON: json.dumps({"reports": rows, "coverage": cov, "runs_in_progress": now},
-                                               indent=1) + "\n",
-        Path(out_dir) / INDEX_HTML: page.index_html(rows, cov, progress),
-    })
 
 
 def merge_row(previous: Mapping[str, Any] | None, new: dict[str, Any], out_dir: Path) -> dict[str, Any]:

@@ -10,10 +10,13 @@ from the index rows (`index.py`) and, for a run in progress, from its metrics.cs
 from __future__ import annotations
 
 import html
+import json
+from pathlib import Path
 from typing import Any, Mapping
 
-from densenet_repro import coverage, provenance, verdicts
-from densenet_repro.reports.index import repo_root, runs_in_progress, training_behind, training_text
+from densenet_repro import atomic, coverage, provenance, verdicts
+from densenet_repro.reports.index import (INDEX_HTML, INDEX_JSON, repo_root, runs_in_progress, training_behind,
+                                          training_text)
 
 TITLE = "densenet-repro: what is reproduced"
 _STATUS_COLOUR = {"exact": "#070", "computed": "#070", "scaled": "#a60", "in progress": "#a60", "quoted": "#555",
@@ -197,3 +200,17 @@ committed result files it lists (with their sha256), or quoted from the paper an
 {reports_html(rows, progress)}
 </body></html>
 """
+
+
+def write_index(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Write index.json (machine-readable) and index.html (the page people read), both or neither."""
+    rows = sorted(rows, key=lambda r: r["name"])
+    root = repo_root()
+    cov = coverage.coverage_rows(rows, root)
+    progress = runs_in_progress(rows, root)
+    now = {run: {k: v for k, v in p["now"].items() if k != "exists"} for run, p in progress.items()}
+    atomic.write_texts({
+        Path(out_dir) / INDEX_JSON: json.dumps({"reports": rows, "coverage": cov, "runs_in_progress": now},
+                                               indent=1) + "\n",
+        Path(out_dir) / INDEX_HTML: index_html(rows, cov, progress),
+    })

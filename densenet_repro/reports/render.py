@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from densenet_repro import atomic, provenance
+from densenet_repro import atomic, devices, provenance
 from densenet_repro.errors import UserError
 from densenet_repro.reports.index import (INDEX_HTML, NOTEBOOK_PATTERN, absolute, rel, repo_root,
                                           training_behind, training_text)
@@ -343,7 +343,7 @@ def render_notebook(path: Path, out_dir: Path, parameters: Mapping[str, Any], *,
         # provenance.start never ran: what the pipeline itself knows
         "budget": parameters["budget"], "data_root": parameters["data_root"], "device": parameters["device"],
         "seed": parameters["seed"], "dataset": "unknown (provenance.start did not run)",
-        "hardware": provenance.hardware("cpu"), "versions": provenance.versions(),
+        "hardware": devices.machine("cpu"), "versions": provenance.versions(),
         "commit": commit, "dirty": dirty, "started": started,
     }
     if rec["dataset"]:
