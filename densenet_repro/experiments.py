@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from densenet_repro import paper
+from densenet_repro import fastpath, paper
 from densenet_repro.budgets import check_budget, comparison_seeds
 from densenet_repro.paper import COMPARISONS, Arm
 from densenet_repro.data import SYNTHETIC_SIZE, get_spec
 from densenet_repro.config import RunConfig, build_model, lr_schedule_text
-from densenet_repro.fastpath import bf16_native
 from densenet_repro.plan import plan
 from densenet_repro.runstore import publish, read_metrics, read_summary
 from densenet_repro.train import train
@@ -67,7 +66,7 @@ def run_fields(budget: str) -> dict:
     smoke = check_budget(budget) == "smoke"
     return {"train_subset": SYNTHETIC_SIZE[0] if smoke else None, "test_subset": SYNTHETIC_SIZE[1] if smoke else None,
             "data_source": "synthetic" if smoke else "auto",
-            "amp": "bf16" if budget == "cpu" and bf16_native() else "none", "budget": budget}
+            "amp": "bf16" if budget == "cpu" and fastpath.bf16_native() else "none", "budget": budget}
 
 
 # --- the headline cell ------------------------------------------------------------------------

@@ -78,10 +78,10 @@ def repo_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() else None
 
 
-def git_commit(root: Path | None = None) -> tuple[str, bool]:
+def git_commit(root: Path | None = None, *, named: bool = True) -> tuple[str, bool]:
     """(commit sha, dirty) of the repository; where git cannot say (a copy without .git, such as the
-    GPU machine's), the commit named by $DENSENET_COMMIT ("<sha>" or "<sha>+changes"), else
-    ("unknown", False).
+    GPU machine's), the commit named by $DENSENET_COMMIT ("<sha>" or "<sha>+changes") unless
+    `named` is False, else ("unknown", False).
 
     `dirty` ignores reports/ (the pipeline is rewriting it while it runs) and untracked files.
     """
@@ -95,10 +95,10 @@ def git_commit(root: Path | None = None) -> tuple[str, bool]:
                                  ":(exclude)reports"], cwd=root, capture_output=True, text=True,
                                 check=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
-        named = os.environ.get("DENSENET_COMMIT", "").strip()
-        if not named:
+        given = os.environ.get("DENSENET_COMMIT", "").strip() if named else ""
+        if not given:
             return "unknown", False
-        return named.removesuffix("+changes"), named.endswith("+changes")
+        return given.removesuffix("+changes"), given.endswith("+changes")
     return sha, bool(status.strip())
 
 

@@ -195,6 +195,18 @@ def test_eval_mode_and_layouts(channels_last):
     torch.testing.assert_close(fast(x), plain(x), atol=1e-4, rtol=1e-4)  # eval with autograd: the plain path
 
 
+def test_inference_mode_then_no_grad():
+    """The engine evaluates under inference_mode; a no_grad forward afterwards (a user's, a feature
+    probe's) must not reuse a scratch buffer made there: inference tensors refuse in-place writes."""
+    fast = fast_dense.convert(make("bc", torch.float32), kernels="torch").eval()  # torch ops check in-place writes
+    x, _ = batch("bc", torch.float32)
+    fast_dense.clear_workspace()
+    with torch.inference_mode():
+        expected = fast(x).clone()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), expected)
+
+
 def test_synchronised_batchnorm_is_refused():
     model = fast_dense.convert(make("bc", torch.float32))
 

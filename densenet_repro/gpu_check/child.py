@@ -52,7 +52,7 @@ def env() -> dict[str, Any]:
         "gpu": None, "gpu_count": 0, "torch": torch.__version__, "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "python": platform.python_version(), "cpus": os.cpu_count(), "commit": checkout_commit(),
-        "git_commit": git_commit(REPO)[0],  # what git answers here ("unknown" without .git)
+        "git_commit": git_commit(REPO, named=False)[0],  # what git itself answers ("unknown" without .git)
         "packages": {name: _importable(name) for name in PROBED_PACKAGES}}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

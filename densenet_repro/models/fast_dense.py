@@ -143,7 +143,9 @@ _WORKSPACE: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
 
 
 def _workspace(name: str, rows: int, cols: int, like: Tensor) -> Tensor:
-    key = (name, like.device, like.dtype)
+    # A buffer made under inference_mode (the engine's evaluation) is an inference tensor, which
+    # may not be written outside it (a no_grad forward would fail): one buffer for each mode.
+    key = (name, like.device, like.dtype, torch.is_inference_mode_enabled())
     buf = _WORKSPACE.get(key)
     if buf is None or buf.numel() < rows * cols:
         _WORKSPACE.pop(key, None)
