@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from densenet_repro import data as data_lib
 from densenet_repro.budgets import BUDGETS
@@ -164,6 +165,13 @@ def table2_main(argv: list[str] | None = None) -> int:
         if runs:
             print()
             print(table2.comparisons_table(runs, args.budget).to_string(index=False))
+        if args.headline:  # it has just finished (train returned): check it at once, while the data is here
+            from densenet_repro.independent_eval import read_result
+
+            run_dir = _evaluate_headline(args.data_root, again=False)
+            print(f"the headline run is finished ({run_dir}; independent check: "
+                  f"{read_result(run_dir)['test_error_pct']:.2f} %). Next: python -m densenet_repro reports "
+                  f"--budget cpu, then commit {run_dir} and reports/")
         return 0
 
     return guarded(p.prog, work)
@@ -215,12 +223,28 @@ def upgrade_runs_main(argv: list[str] | None = None) -> int:
     return guarded(p.prog, work)
 
 
-def evaluate_main(argv: list[str] | None = None) -> int:
+def _evaluate_headline(data_root: str | None, again: bool = True) -> Path:
+    """The finished headline run's independent evaluation (independent_eval.json beside it; with
+    again=False, only where there is none yet); its folder."""
     import dataclasses as dc
 
     from densenet_repro.experiments import headline_config
-    from densenet_repro.independent_eval import evaluate_run, write_result
+    from densenet_repro.independent_eval import evaluate_run, read_result, write_result
 
+    run = plan(dc.replace(headline_config(data_root=data_root), data_source="folder"))
+    if run.finished is None:
+        raise ConfigError(f"{run.run_dir} is not finished: train it first (python -m densenet_repro table2 --headline)")
+    if not again and read_result(run.finished) is not None:
+        return run.finished
+    if run.source is None:
+        raise data_lib.DataNotFoundError(run.missing_data)
+    result = evaluate_run(run.finished, run.source.path)
+    print(f"{write_result(run.finished, result)}: {result['wrong']} of {result['test_images']} test images wrong "
+          f"({result['test_error_pct']:.2f} %; the engine reported {result['engine_final_test_error_pct']:.2f} %)")
+    return run.finished
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m densenet_repro evaluate",
                       description="Recompute a finished run's test error from its weights.pt without the training "
                                   "engine (densenet_repro/independent_eval.py) and write independent_eval.json beside it.")
@@ -228,14 +252,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def work() -> int:
-        run = plan(dc.replace(headline_config(data_root=args.data_root), data_source="folder"))
-        if run.finished is None:
-            raise ConfigError(f"{run.run_dir} is not finished: train it first (python -m densenet_repro table2 --headline)")
-        if run.source is None:
-            raise data_lib.DataNotFoundError(run.missing_data)
-        result = evaluate_run(run.finished, run.source.path)
-        print(f"{write_result(run.finished, result)}: {result['wrong']} of {result['test_images']} test images wrong "
-              f"({result['test_error_pct']:.2f} %; the engine reported {result['engine_final_test_error_pct']:.2f} %)")
+        _evaluate_headline(args.data_root)
         return 0
 
     return guarded(p.prog, work)
