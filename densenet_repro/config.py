@@ -28,7 +28,6 @@ from densenet_repro.errors import ConfigError
 
 AMP_MODES = ("none", "bf16", "fp16")
 PROGRESS_MODES = ("auto", "bar", "line", "none")
-DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 
 
 def recipe(default: Any = dataclasses.MISSING, **kw) -> Any:
@@ -149,7 +148,7 @@ class RunConfig:
         if self.memory_efficient and self.compile:
             raise ConfigError("memory_efficient recomputes each layer with torch.utils.checkpoint, which "
                               "torch.compile cannot capture in one graph: pass --no-compile with --memory-efficient")
-        parse_device(self.device)
+        # the device name is checked where the device is chosen (plan, devices.parse_device)
         if self.model_kwargs:
             self._check_model_kwargs()
         return self
@@ -222,19 +221,6 @@ def lr_schedule_text(config) -> str:
             spans.append([e, e, lr])
     return "LR " + ", ".join(f"{lr:g} in epoch{'s' if a != b else ''} {a}{f'-{b}' if a != b else ''}"
                              for a, b, lr in spans)
-
-
-def parse_device(name: str) -> torch.device:
-    """'auto', 'cpu', 'cuda' or 'cuda:N' as a torch.device (auto: cuda if available, else cpu)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown device {name!r}: use {DEVICE_NAMES}")
-    return dev
 
 
 # ----------------------------------------------------------------------------------------------

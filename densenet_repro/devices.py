@@ -9,8 +9,22 @@ from typing import Any
 
 import torch
 
-from densenet_repro.config import parse_device
 from densenet_repro.errors import ConfigError
+
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+
+
+def parse_device(name: str) -> torch.device:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' as a torch.device (auto: cuda if available, else cpu)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {name!r}: use {DEVICE_NAMES}")
+    return dev
 
 
 def pick_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:

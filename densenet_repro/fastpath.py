@@ -18,7 +18,7 @@ bf16 is emulated (a matmul >100x slower than fp32) and the fast blocks do not be
 fp32. On a GPU a DenseNet step at batch 64 is ~1,500 small kernels: launches, not FLOPs, set its
 time, which CUDA graphs remove.
 
-`plan.speed_knobs` applies these defaults to a run (the one caller of `settings`), `use_fast_blocks`
+`speed_knobs` applies these defaults to a run (the one caller of `settings`; plan() calls it), `use_fast_blocks`
 switches a model's blocks, and `speed_trial` measures which exact path is fastest on the machine at
 hand, for a long run that meets several kinds of CPU.
 """
@@ -26,6 +26,7 @@ hand, for a long run that meets several kinds of CPU.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -55,6 +56,25 @@ def settings(device: str | torch.device, world: int = 1) -> dict[str, object]:
     if dev.type == "cuda":
         return {"amp": "bf16", "channels_last": True, "compile": world == 1, "fast_blocks": False}
     raise ValueError(f"no fast path known for device {str(device)!r}: use 'cpu' or 'cuda'")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """How fast a run trains, never what it computes: resolved for its device (`speed_knobs`)."""
+
+    channels_last: bool
+    compile: bool
+    fast_blocks: bool   # wanted: asked for, or the device's fast path (use_fast_blocks decides)
+
+
+def speed_knobs(config: RunConfig, device: torch.device, world: int = 1) -> Knobs:
+    """The run's knobs: as asked, else the device's fast path (`settings`)."""
+    fast = settings(device, world)
+    compile_auto = fast["compile"] and not config.memory_efficient  # checkpointed layers break graphs
+    blocks_auto = fast["fast_blocks"] and config.amp != "fp16" and not config.memory_efficient
+    return Knobs(channels_last=config.channels_last if config.channels_last is not None else fast["channels_last"],
+                 compile=config.compile if config.compile is not None else compile_auto,
+                 fast_blocks=config.fast_blocks if config.fast_blocks is not None else blocks_auto)
 
 
 def fast_blocks_supported(model: nn.Module, device: str | torch.device, distributed: bool = False) -> bool:

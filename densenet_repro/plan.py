@@ -4,7 +4,7 @@ Everything a run needs to know before it trains (or is found finished) is decide
 handed down: the validated and resolved config, the dataset spec and its source, the config hash
 and the run folder, the finished run if there is one, the device, the process's rank, and the
 speed knobs. This module is the only reader of the torchrun environment and the only caller of
-`data.resolve_source`, `fastpath.settings` and `devices.pick_device`; the CLI, the experiments, the
+`data.resolve_source`, `fastpath.speed_knobs` (so of `fastpath.settings`) and `devices.pick_device`; the CLI, the experiments, the
 sweeps, the analyses and the benchmark ask `plan(config)` and use `run.finished`, `run.run_dir` and
 `run.hash`.
 
@@ -25,19 +25,13 @@ from pathlib import Path
 import torch
 
 from densenet_repro import data
-from densenet_repro.config import RunConfig, config_hash, parse_device, run_name
-from densenet_repro.devices import pick_device
-from densenet_repro.errors import ConfigError, DataMismatchError, DataNotFoundError
-from densenet_repro.runstore import find_run, known_source_ids, read_config, read_summary, run_roots
+from densenet_repro.config import RunConfig, config_hash, run_name
+from densenet_repro.devices import parse_device, pick_device
+from densenet_repro.errors import ConfigError, DataNotFoundError
+from densenet_repro.fastpath import Knobs, speed_knobs
+from densenet_repro.runstore import check_same_data, find_run, known_source_ids, run_roots
 
-
-@dataclass(frozen=True)
-class Knobs:
-    """How fast a run trains, never what it computes: resolved for its device (fastpath.settings)."""
-
-    channels_last: bool
-    compile: bool
-    fast_blocks: bool   # wanted: asked for, or the device's fast path (fastpath.use_fast_blocks decides)
+__all__ = ["Knobs", "Run", "locate_run", "plan", "speed_knobs", "with_knobs"]
 
 
 @dataclass(frozen=True)
@@ -64,33 +58,42 @@ class Run:
 
 
 def plan(config: RunConfig) -> Run:
-    """Resolve `config` once into a Run (see the module docstring)."""
+    """Resolve `config` once into a Run (see the module docstring). It reads in the order the run is
+    decided: the recipe, its data, its folder (hash, lookup), its device, its speed knobs."""
     config = config.validate().resolved()
+    spec = data.get_spec(config.dataset)
+    try:
+        source, missing = data.resolve_source(config.dataset, config.data_root, config.data_source,
+                                              config.download), None
+    except DataNotFoundError as e:
+        source, missing = None, str(e)
+    here = source is not None and source.present
+
     roots = run_roots(config.results, config.out)
-    source, missing = _source(config)
-    if source is not None and source.present:
+    if here:
         ids = [source.id]
     else:  # the data is not here: a run of this recipe on a data source a config.json names answers
         # (an official archive still to be downloaded first: if nothing is found, that is what trains)
         known = known_source_ids(roots, config.experiment, config.model, config.dataset)
         ids = list(dict.fromkeys(([source.id] if source is not None else []) + known)) or ["absent"]
     hashes = [config_hash(config, sid) for sid in ids]
-    chosen, finished = find_run(roots, config.experiment, [run_name(config, h) for h in hashes])
-    if finished is not None and source is not None and source.present:
-        _check_same_data(finished, config.dataset, source)
+    names = [run_name(config, h) for h in hashes]
+    chosen, finished = find_run(roots, config.experiment, names)
+    if finished is not None and here:
+        check_same_data(finished, source, data.fingerprint(config.dataset, source))
+
     rank, world, local_rank = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1),
                                                                         ("LOCAL_RANK", 0)))
-    cuda = parse_device(config.device).type == "cuda"
-    if finished is None and cuda and config.deterministic and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+    asked = parse_device(config.device)
+    if finished is None and asked.type == "cuda" and config.deterministic and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
         # cuBLAS reads this once, when CUDA starts (choosing a CUDA device below starts it)
         if torch.cuda.is_initialized():
             raise ConfigError("deterministic CUDA runs need CUBLAS_WORKSPACE_CONFIG=:4096:8 before CUDA starts, and "
                               "it has started in this process: export it and start a fresh process")
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     # a finished run needs no device: it is found even where the asked one is absent
-    device = pick_device(config.device, local_rank, world) if finished is None else parse_device(config.device)
-    h = hashes[chosen]
-    return Run(config, data.get_spec(config.dataset), source, h, roots[-1] / config.experiment / run_name(config, h),
+    device = pick_device(config.device, local_rank, world) if finished is None else asked
+    return Run(config, spec, source, hashes[chosen], roots[-1] / config.experiment / names[chosen],
                finished, roots, device, rank, world, local_rank, speed_knobs(config, device, world), missing)
 
 
@@ -98,48 +101,6 @@ def locate_run(config: RunConfig) -> tuple[data.SourceInfo | None, str, Path | N
     """(data source, config hash, finished folder or None): the plan's answer, for older callers."""
     run = plan(config)
     return run.source, run.hash, run.finished
-
-
-def speed_knobs(config: RunConfig, device: torch.device, world: int = 1) -> Knobs:
-    """The run's knobs: as asked, else the device's fast path (fastpath.settings)."""
-    from densenet_repro import fastpath
-
-    fast = fastpath.settings(device, world)
-    compile_auto = fast["compile"] and not config.memory_efficient  # checkpointed layers break graphs
-    blocks_auto = fast["fast_blocks"] and config.amp != "fp16" and not config.memory_efficient
-    return Knobs(channels_last=config.channels_last if config.channels_last is not None else fast["channels_last"],
-                 compile=config.compile if config.compile is not None else compile_auto,
-                 fast_blocks=config.fast_blocks if config.fast_blocks is not None else blocks_auto)
-
-
-def _source(config: RunConfig) -> tuple[data.SourceInfo | None, str | None]:
-    try:
-        return data.resolve_source(config.dataset, config.data_root, config.data_source, config.download), None
-    except DataNotFoundError as e:
-        return None, str(e)
-
-
-def _check_same_data(folder: Path, dataset: str, source: data.SourceInfo) -> None:
-    """A finished run is reused only on the data it was made on: its recorded fingerprint (or, for a
-    run from before fingerprints, its image counts) must match the data at hand."""
-    here = data.fingerprint(dataset, source)
-    recorded = (read_config(folder) or {}).get("data_fingerprint")
-    if here is None:
-        return
-    if recorded is not None:
-        same = recorded.get("digest") == here["digest"]
-        what = data.describe_fingerprint(recorded)
-    else:
-        info = read_summary(folder).get("data") or {}
-        train_here = sum(n for s in ("train", "extra") for n in here.get(s, {}).values())
-        same = (info.get("train_full", 0) + info.get("val", 0) == train_here
-                and info.get("test_full") == sum(here["test"].values()))
-        what = f"{info.get('train_full', 0) + info.get('val', 0):,} training / {info.get('test_full', 0):,} test images"
-    if not same:
-        raise DataMismatchError(
-            f"the finished run {folder} was made on other data ({what}) than {source.path} holds "
-            f"({data.describe_fingerprint(here)}), under the same name {source.id!r}: point --data-root at the "
-            f"copy that run used, or give this copy a name of its own (a copy is known by its name)")
 
 
 def with_knobs(run: Run, **knobs: bool) -> Run:

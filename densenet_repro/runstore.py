@@ -30,7 +30,9 @@ from typing import Any
 import torch
 
 from densenet_repro import atomic
-from densenet_repro.errors import CheckpointError, OutputNotWritableError, ResultFileError, RunLockedError
+from densenet_repro.data.sources import SourceInfo, describe_fingerprint
+from densenet_repro.errors import (CheckpointError, DataMismatchError, OutputNotWritableError, ResultFileError,
+                                   RunLockedError)
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
@@ -235,6 +237,28 @@ def find_run(roots: tuple[Path, ...], experiment: str, names: list[str]) -> tupl
         if any((root / experiment / name / "metrics.csv").is_file() for root in roots):
             return i, None
     return 0, None
+
+
+def check_same_data(folder: Path, source: SourceInfo, here: dict | None) -> None:
+    """A finished run is reused only on the data it was made on: its recorded fingerprint (or, for a
+    run from before fingerprints, its image counts) must match `here`, the data at hand's."""
+    if here is None:
+        return
+    recorded = (read_config(folder) or {}).get("data_fingerprint")
+    if recorded is not None:
+        same = recorded.get("digest") == here["digest"]
+        what = describe_fingerprint(recorded)
+    else:
+        info = read_summary(folder).get("data") or {}
+        train_here = sum(n for s in ("train", "extra") for n in here.get(s, {}).values())
+        same = (info.get("train_full", 0) + info.get("val", 0) == train_here
+                and info.get("test_full") == sum(here["test"].values()))
+        what = f"{info.get('train_full', 0) + info.get('val', 0):,} training / {info.get('test_full', 0):,} test images"
+    if not same:
+        raise DataMismatchError(
+            f"the finished run {folder} was made on other data ({what}) than {source.path} holds "
+            f"({describe_fingerprint(here)}), under the same name {source.id!r}: point --data-root at the "
+            f"copy that run used, or give this copy a name of its own (a copy is known by its name)")
 
 
 def known_source_ids(roots: tuple[Path, ...], experiment: str, model: str, dataset: str) -> list[str]:

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from densenet_repro import atomic, distributed, fastpath
 from densenet_repro import data as data_lib
 from densenet_repro.config import (AMP_MODES, HASHED_FIELDS, PROGRESS_MODES, RunConfig, build_model,  # noqa: F401
-                                   build_optimizer, config_hash, lr_at, option, parse_device, recipe, run_name)
-from densenet_repro.devices import device_name, hardware, hardware_label, pick_device  # noqa: F401
+                                   build_optimizer, config_hash, lr_at, option, recipe, run_name)
+from densenet_repro.devices import device_name, hardware, hardware_label, parse_device, pick_device  # noqa: F401
 from densenet_repro.distributed import AllReduceBatchNorm2d  # noqa: F401
 from densenet_repro.errors import (CheckpointError, ConfigError, DataMismatchError,  # noqa: F401
                                    OutputNotWritableError, RunExistsError, TrainingDiverged)
