@@ -47,6 +47,13 @@ def test_no_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_has_a_unique_id(path):
+    """nbformat 4.5 requires cell ids (a missing one is a warning now, an error in later nbformat)."""
+    ids = [cell.get("id") for cell in _load(path)["cells"]]
+    assert None not in ids and len(set(ids)) == len(ids), f"{path.name}: give every cell an id (nbformat.validator.normalize)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_kernelspec_and_first_cells(path):
     nb = _load(path)
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
