@@ -280,7 +280,9 @@ def source_text(info: dict) -> str:
     state = ("its final weights" if info["finished"] else
              f"its checkpoint after epoch {info['epoch']} of {info['epochs']} (the run is not finished: "
              "these maps show a partly trained network)")
-    return f"Network: `{info['model']}` from `{info['run_dir']}`, {state}."
+    from densenet_repro.provenance import repo_relative
+
+    return f"Network: `{info['model']}` from `{repo_relative(info['run_dir'])}`, {state}."
 
 
 def headlines(table) -> dict[str, str]:

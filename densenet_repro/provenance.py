@@ -160,7 +160,7 @@ def progress_entry(run_dir: str | os.PathLike, label: str, epoch: int, epochs: i
     """
     if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
         raise ValueError(f"progress_entry: epoch must be an integer in 0..{epochs}, got {epoch!r}")
-    return {"run": _repo_relative(Path(run_dir)), "label": str(label), "epoch": epoch, "epochs": int(epochs),
+    return {"run": repo_relative(Path(run_dir)), "label": str(label), "epoch": epoch, "epochs": int(epochs),
             "paper_epochs": paper_epochs, "paper_error_pct": paper_error_pct}
 
 
@@ -421,10 +421,10 @@ def start(budget: str, data_root: str, device: str = "cpu", seed: int = 0, *,
     # returns nothing, so that the cell shows the block only (not the dict's repr)
 
 
-def _repo_relative(p: Path) -> str:
+def repo_relative(p: str | os.PathLike) -> str:
     """`p` relative to the repository root when inside it (posix), else absolute."""
     root = repo_root()
-    resolved = p.resolve()
+    resolved = Path(p).resolve()
     if root is not None:
         try:
             return resolved.relative_to(root).as_posix()
@@ -437,7 +437,7 @@ def _normalise_file(path: str | os.PathLike) -> str:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"record(files=...): {str(path)!r} is not a file (paths are relative to the repo root)")
-    return _repo_relative(p)
+    return repo_relative(p)
 
 
 def record(headlines: Mapping[str, Any] | None = None, dataset: str | None = None,

@@ -132,3 +132,12 @@ def test_observations_the_untrained_network_shares_are_named():
     table = fr.observations_table({"trained": uniform, "untrained (initialisation)": uniform})
     assert fr.untrained_caveat(table).startswith("Observation(s) 1, 2 hold for the untrained network as well")
     assert fr.untrained_caveat(fr.observations_table({"trained": uniform})) == ""
+
+
+def test_the_source_is_named_by_its_path_in_the_repository():
+    """A report names the run folder as a reader's clone has it, not as this machine does."""
+    from densenet_repro.provenance import repo_root
+
+    folder = repo_root() / "results" / "table2" / "densenet40_k12-c10+-4bd6f77af9"
+    text = fr.source_text({"model": "densenet40_k12", "run_dir": str(folder), "finished": True})
+    assert "`results/table2/densenet40_k12-c10+-4bd6f77af9`" in text and str(repo_root()) not in text
