@@ -315,17 +315,15 @@ def curve_networks_text(points: list[Point]) -> str:
     """The two networks of Figure 4 (right): their sizes and ratio, beside the paper's (quoted)."""
     from densenet_repro import create_model
 
-    from densenet_repro.sweeps import PAPER_WIDTH
-
-    sizes = {p.group: sum(t.numel() for t in create_model(p.model, **p.model_kwargs).parameters()) for p in points}
-    resnet, dense = sizes.get("pre-act ResNet"), sizes.get("DenseNet-BC")
+    by_group = {p.group: p for p in points}
+    resnet, dense = by_group.get("pre-act ResNet"), by_group.get("DenseNet-BC")
     if not (resnet and dense):
         return ""
-    net = next(p.model_kwargs for p in points if p.group == "pre-act ResNet")
-    width = f"width {net['width']}" if "width" in net else f"default width, {PAPER_WIDTH}"
-    bc = next(p.model_kwargs for p in points if p.group == "DenseNet-BC")
-    return (f"The ResNet (L={net.get('depth')}, {width}) has {resnet:,} parameters, {resnet / dense:.1f}x the "
-            f"DenseNet-BC's (L={bc.get('depth')}, k={bc.get('growth_rate')}) {dense:,} (the paper: "
+    size = {p.group: sum(t.numel() for t in create_model(p.model, **p.model_kwargs).parameters())
+            for p in (resnet, dense)}
+    ratio = size[resnet.group] / size[dense.group]
+    return (f"The {resnet.label()} has {size[resnet.group]:,} parameters, {ratio:.1f}x the "
+            f"{dense.label()}'s {size[dense.group]:,} (the paper: "
             f"ResNet-1001 with 10.2M against DenseNet-BC-100 with 0.8M, {10.2 / 0.8:.2f}x, quoted).")
 
 

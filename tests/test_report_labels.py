@@ -41,7 +41,7 @@ def test_the_flops_table_names_each_model_once():
 
 def test_figure4_right_states_its_networks_and_their_ratio():
     text = figure4.curve_networks_text(sweeps.CURVES["cpu"])
-    assert "126,746 parameters, 13.2x the DenseNet-BC's (L=10, k=8) 9,630" in text and "default width, 16" in text
+    assert "126,746 parameters, 13.2x the DenseNet-BC (L=10, k=8)'s 9,630" in text and "width 16" in text
 
 
 def test_ours_and_the_quoted_resnets_are_said_not_comparable():
