@@ -326,7 +326,7 @@ def run_progress(run) -> dict[str, Any]:
     progress: dict[str, Any] = {"run_dir": run.run_dir.as_posix(), "epochs": run.config.epochs,
                                 "epochs_done": 0 if done is None else int(done["epoch"].iloc[-1])}
     if done is not None:
-        progress.update(test_err_pct=float(done["test_err_pct"].iloc[-1]),
+        progress.update(test_err_pct=float(done["test_err_pct"].iloc[-1]), lr=float(done["lr"].iloc[-1]),
                         train_time_s=float((done["epoch_time_s"] + done["eval_time_s"]).sum()),
                         epoch_time_s=float(done["epoch_time_s"].median()))
     return progress

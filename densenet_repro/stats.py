@@ -8,6 +8,10 @@ freedom, so it is wide: that width is the honest price of two seeds):
     does not hold                    the whole interval is on the other side
     inconclusive at this budget      the interval contains 0
 
+A single run's error against a fixed target ("at most 9%") is judged on the Wilson interval of its
+test error over the n test images (`error_rate`): that interval counts the sampling of the test set
+only, not the spread over seeds, and every report that uses it says so.
+
 No verdict is ever written by hand; every report computes it from the runs it shows.
 """
 
@@ -98,3 +102,31 @@ def mean_interval(x: list[float], level: float = 0.95) -> MeanInterval:
         return MeanInterval(m, math.nan, math.nan, 1)
     half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * sd / math.sqrt(len(x))
     return MeanInterval(m, m - half, m + half, len(x))
+
+
+@dataclass(frozen=True)
+class ErrorRate:
+    pct: float              # the measured test error, %
+    low: float              # 95% Wilson interval, % (the sampling of the n test images only)
+    high: float
+    n: int                  # test images
+
+    def verdict_at_most(self, target_pct: float) -> str:
+        """The claim 'the error is at most target_pct', judged from the interval."""
+        if self.high <= target_pct:
+            return HOLDS
+        if self.low > target_pct:
+            return FAILS
+        return INCONCLUSIVE
+
+
+def error_rate(error_pct: float, n: int, level: float = 0.95) -> ErrorRate:
+    """A test error (%) measured on n images with its Wilson score interval (in %)."""
+    if n < 1 or not 0 <= error_pct <= 100:
+        raise ValueError(f"an error rate needs n >= 1 test images and 0-100%, got {error_pct}% of {n}")
+    from scipy import stats
+
+    z, p = float(stats.norm.ppf(0.5 + level / 2)), error_pct / 100
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return ErrorRate(float(error_pct), 100 * max(0.0, centre - half), 100 * min(1.0, centre + half), n)

@@ -146,15 +146,21 @@ def _cells(head=None):
 
 
 def test_headline_verdict_is_computed_from_the_run():
-    from densenet_repro import table2
+    from densenet_repro import stats, table2, verdicts
 
     progress = table2.headline(_cells(), "densenet40_k12", "c10+", 9.0)
     text = table2.headline_text(progress)
     assert "In progress, no verdict yet" in text and "4 of 30 epochs" in text and "11.6 h to go" in text
     assert table2.table2_matrix(_cells(), "cpu").set_index("Depth").loc[40, "C10+"].startswith("5.24 / 20.50 after epoch 4/30")
-    for final, word in ((8.9, "met"), (9.1, "not met")):
+    # one seed: the verdict comes from the Wilson interval over the 10,000 test images (about +-0.6 points)
+    for final, verdict in ((8.3, stats.HOLDS), (8.9, stats.INCONCLUSIVE), (9.1, stats.INCONCLUSIVE),
+                           (9.7, stats.FAILS)):
         h = table2.headline(_cells(final), "densenet40_k12", "c10+", 9.0)
-        assert f"the target is **{word}**" in table2.headline_text(h)
+        assert h["verdict"] == verdict and h["rate"].low < final < h["rate"].high
+        assert f"the target **{verdicts.word(verdict)} at the cpu budget" in table2.headline_text(h, "cpu") and "10,000 test images" in table2.headline_text(h)
+        claim = table2.claims({}, "cpu", h)[0]
+        assert claim["claim"].startswith("DenseNet (k = 12), L=40") and claim["verdict"] == verdict and claim["scope"]["budget"] == "cpu" and "one seed" in claim["numbers"]
+    assert table2.claims({}, "cpu", progress) == table2.claims({}, "cpu")  # no headline verdict while it trains
     matrix = table2.table2_matrix(_cells(8.9), "cpu")
     assert len(matrix) == 13 and matrix.loc[0, "C10"] == "13.63"  # every row of the paper, quoted
     assert table2.counts(_cells(8.9)) == {"cells": 27, "finished": 1, "in progress": 0, "not run": 26}

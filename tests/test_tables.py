@@ -53,3 +53,22 @@ def test_a_claim_record_is_validated_and_its_caveats_computed():
     records = [verdicts.claim(c, v, scope, "n") for c, v in (("a", stats.HOLDS), ("b", stats.FAILS),
                                                               ("c", stats.INCONCLUSIVE), ("d", stats.INCONCLUSIVE))]
     assert verdicts.tally_text(records) == "1 holds, 1 does not hold and 2 are inconclusive at the cpu budget"
+
+
+def test_an_error_rate_interval_is_wilsons_and_judges_a_target():
+    import math
+
+    from scipy.optimize import brentq
+
+    # Wilson's bounds are the p where |p_hat - p| = z sqrt(p (1 - p) / n); solve for them independently
+    p_hat, n, z = 0.118, 10_000, 1.959963984540054
+    gap = lambda p: abs(p_hat - p) - z * math.sqrt(p * (1 - p) / n)  # noqa: E731
+    low, high = brentq(gap, 1e-9, p_hat), brentq(gap, p_hat, 1 - 1e-9)
+    r = stats.error_rate(11.8, n)
+    assert math.isclose(r.low, 100 * low, abs_tol=1e-9) and math.isclose(r.high, 100 * high, abs_tol=1e-9)
+    assert r.verdict_at_most(9.0) == stats.FAILS and r.verdict_at_most(13.0) == stats.HOLDS
+    assert r.verdict_at_most(12.0) == stats.INCONCLUSIVE
+    assert math.isclose(stats.error_rate(0.0, 100).low, 0.0, abs_tol=1e-12)
+    assert math.isclose(stats.error_rate(100.0, 100).high, 100.0, abs_tol=1e-12)
+    with pytest.raises(ValueError, match="n >= 1"):
+        stats.error_rate(5.0, 0)
