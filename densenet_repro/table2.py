@@ -484,7 +484,8 @@ def headlines(cells: list[dict[str, Any]], budget: str, runs: dict | None = None
         if head["status"] == "finished":
             key = f"{head['label']} error % ({budget}, {head['epochs']} epochs; paper, quoted: {head['paper_pct']:.2f})"
             out[key] = round(head["error_pct"], 2)
-            out[f"{head['label']}: target <= {head['target_pct']:g}%"] = verdicts.word(head["verdict"])
+            out[f"{head['label']}: target <= {head['target_pct']:g}%"] = verdicts.text(head["verdict"],
+                                                                                       headline_scope(head, budget))
         elif head["epochs_done"]:
             out[f"{head['label']}: test error after epoch {head['epochs_done']} of {head['epochs']} "
                 f"(%, not final)"] = round(head["error_pct"], 2)

@@ -161,6 +161,8 @@ def test_headline_verdict_is_computed_from_the_run():
         claim = table2.claims({}, "cpu", h)[0]
         assert claim["claim"].startswith("DenseNet (k = 12), L=40") and claim["verdict"] == verdict and claim["scope"]["budget"] == "cpu" and "one seed" in claim["numbers"]
     assert table2.claims({}, "cpu", progress) == table2.claims({}, "cpu")  # no headline verdict while it trains
+    assert table2.headlines(_cells(9.7), "cpu", head=h)["DenseNet (k = 12), L=40, C10+: target <= 9%"] == (
+        "does not hold at the cpu budget (30 epochs of the paper's 300, one seed)")
     matrix = table2.table2_matrix(_cells(8.9), "cpu")
     assert len(matrix) == 13 and matrix.loc[0, "C10"] == "13.63"  # every row of the paper, quoted
     assert table2.counts(_cells(8.9)) == {"cells": 27, "finished": 1, "in progress": 0, "not run": 26}
