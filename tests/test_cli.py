@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from densenet_repro import budgets, cli, experiments, paper
+from densenet_repro.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -99,6 +101,30 @@ def test_the_headline_config_keeps_its_committed_hash():
     assert cfg.out == cfg.results == "results" and cfg.experiment == "table2"
 
 
+def test_the_headline_schedules_differ_only_in_their_length(tmp_path):
+    """The longer schedule is the headline's recipe with more epochs (its checkpoint is committed under
+    this hash), keeping its snapshots at the same points of the schedule; no other length is a schedule."""
+    from densenet_repro.train import config_hash
+
+    short, long = (experiments.headline_config(epochs=e) for e in experiments.HEADLINE_SCHEDULES)
+    assert config_hash(long, "folder:cifar10-jpeg.tar.gz") == "5da474e00f"
+    assert dataclasses.replace(long, epochs=short.epochs, keep_weights_at=short.keep_weights_at) == short
+    assert (short.keep_weights_at, long.keep_weights_at) == ((3, 15, 22), (10, 50, 75))  # early, before each drop
+    with pytest.raises(ConfigError, match="the headline is trained at 30 or 100 epochs, not 50"):
+        experiments.headline_config(epochs=50)
+    rows = experiments.headline_runs(results=str(tmp_path))  # nothing trained there: each shows no progress
+    assert [(r["progress"]["epochs"], r["progress"]["epochs_done"]) for r in rows] == [(30, 0), (100, 0)]
+    assert all(r["progress"]["run_dir"].startswith(tmp_path.as_posix()) for r in rows)
+
+
+def test_the_evaluation_names_a_schedule_of_the_headline(capsys):
+    from densenet_repro.cli import evaluate_main
+
+    with pytest.raises(SystemExit) as e:
+        evaluate_main(["--epochs", "50"])
+    assert e.value.code == 2 and "invalid choice: 50 (choose from 30, 100)" in capsys.readouterr().err
+
+
 def test_comparisons_train_on_the_full_set_with_seeds():
     for comp in paper.COMPARISONS:
         for arm in (comp.a, comp.b):
@@ -158,10 +184,10 @@ def test_headline_verdict_is_computed_from_the_run():
         h = table2.headline(_cells(final), "densenet40_k12", "c10+", 9.0)
         assert h["verdict"] == verdict and h["rate"].low < final < h["rate"].high
         assert f"the target **{verdicts.word(verdict)} at the cpu budget" in table2.headline_text(h, "cpu") and "10,000 test images" in table2.headline_text(h)
-        claim = table2.claims({}, "cpu", h)[0]
+        claim = table2.claims({}, "cpu", [h])[0]
         assert claim["claim"].startswith("DenseNet (k = 12), L=40") and claim["verdict"] == verdict and claim["scope"]["budget"] == "cpu" and "one seed" in claim["numbers"]
-    assert table2.claims({}, "cpu", progress) == table2.claims({}, "cpu")  # no headline verdict while it trains
-    assert table2.headlines(_cells(9.7), "cpu", head=h)["DenseNet (k = 12), L=40, C10+: target <= 9%"] == (
+    assert table2.claims({}, "cpu", [progress]) == table2.claims({}, "cpu")  # no headline verdict while it trains
+    assert table2.headlines(_cells(9.7), "cpu", heads=[h])["DenseNet (k = 12), L=40, C10+: target <= 9% at 30 epochs"] == (
         "does not hold at the cpu budget (30 epochs of the paper's 300, one seed)")
     matrix = table2.table2_matrix(_cells(8.9), "cpu")
     assert len(matrix) == 13 and matrix.loc[0, "C10"] == "13.63"  # every row of the paper, quoted

@@ -382,8 +382,9 @@ def test_the_weights_table_points_at_the_headline_run_in_this_checkout():
 def test_missing_weights_give_one_line_saying_the_run_is_training_and_how_to_train_it(results):
     assert densenet_repro.list_pretrained() == []
     assert densenet_repro.list_pretrained(include_unavailable=True) == [dict(
-        name=HEADLINE.name, model="densenet40_k12", tag="repro_c10plus", available=False,
-        file=str(results / HEADLINE.run / "weights.pt"), run=HEADLINE.run, train=HEADLINE.train)]
+        name=w.name, model="densenet40_k12", tag=w.tag, available=False,
+        file=str(results / w.run / "weights.pt"), run=w.run, train=w.train) for w in WEIGHTS]
+    assert [w.tag for w in WEIGHTS] == ["repro_c10plus", "repro_c10plus_e100"]  # 30 epochs, then 100
     for create_fn in (densenet_repro.create_model, timm.create_model):
         with pytest.raises(errors.ConfigError, match="not been trained here.*table2 --headline") as e:
             create_fn("densenet40_k12", pretrained=True)

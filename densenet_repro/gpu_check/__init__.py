@@ -17,8 +17,8 @@ rewrites its summary after every phase:
     tests       the tests marked cuda, from tests/test_gpu_path.py alone
     eager_bf16  one eager epoch with the same seed: its first-epoch loss against the compiled one
     eager_fp32  one eager epoch in the paper's fp32, TF32 off
-    headline    Table 2's headline run (results/table2/densenet40_k12-c10+-4bd6f77af9) continued for
-                the time left, from a copy; its checkpoint comes back as one file
+    headline    Table 2's headline run at its first unfinished schedule (results/table2/: 30, then 100
+                epochs) continued for the time left, from a copy; its checkpoint comes back as one file
 
 Everything goes to $OUT (else build/gpu-check/) as 8 flat files at most (phases.py lists them), the
 most that comes back from the GPU machine. The dataset is read from data/cifar10-jpeg.tar.gz inside

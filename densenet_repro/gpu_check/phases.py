@@ -81,9 +81,13 @@ class Sizes:
 
 
 def _paper_headline(data_root: str | None, results: str) -> "RunConfig":
-    from densenet_repro.experiments import headline_config
+    """The headline at its first schedule not yet finished (the last if all are): the run to continue."""
+    from densenet_repro.experiments import HEADLINE_SCHEDULES, headline_config
+    from densenet_repro.plan import plan
 
-    return headline_config(data_root=data_root, device="cpu", results=results)
+    configs = [headline_config(epochs=e, data_root=data_root, device="cpu", results=results)
+               for e in HEADLINE_SCHEDULES]
+    return next((c for c in configs if plan(c).finished is None), configs[-1])
 
 
 GPU = Sizes("gpu", "cuda", ("--model", "densenet_bc100_k12", "--dataset", "c10+"),
