@@ -193,9 +193,11 @@ def headline_metrics(h: dict[str, Any]):
     return read_metrics(folder) if folder and (Path(folder) / "metrics.csv").is_file() else None
 
 
-def headline_curves_figure(metrics, h: dict[str, Any]):
+def headline_curves_figure(metrics, h: dict[str, Any], shorter: tuple[Any, dict[str, Any]] | None = None):
     """Training loss and test error per epoch of the headline run, beside the paper's error (quoted, at
-    its full schedule) and the target; the learning-rate drops marked."""
+    its full schedule) and the target; the learning-rate drops marked. shorter: (metrics, headline) of
+    a shorter schedule, whose test error is drawn at the same fraction of its schedule (its epoch e at
+    e * epochs / its epochs), so that a longer run in progress can be read against it."""
     from matplotlib.ticker import MaxNLocator
 
     from densenet_repro import plots
@@ -204,6 +206,10 @@ def headline_curves_figure(metrics, h: dict[str, Any]):
     ax1.plot(metrics["epoch"], metrics["train_loss"], marker="o", ms=3, label="training loss")
     ax1.plot(metrics["epoch"], metrics["test_loss"], marker="o", ms=3, label="test loss")
     ax2.plot(metrics["epoch"], metrics["test_err_pct"], marker="o", ms=3, color="C2", label="test error (ours)")
+    if shorter is not None:
+        m, s = shorter
+        ax2.plot(m["epoch"] * h["epochs"] / s["epochs"], m["test_err_pct"], marker=".", ms=3, lw=0.8, color="0.55",
+                 label=f"test error of the {s['epochs']}-epoch run, at the same fraction of its schedule")
     ax2.axhline(h["paper_pct"], color="0.3", ls="--", lw=1,
                 label=f"the paper, {h['paper_epochs']} epochs: {h['paper_pct']:.2f}% (quoted)")
     ax2.axhline(h["target_pct"], color="C3", ls=":", lw=1, label=f"target here, {h['epochs']} epochs: {h['target_pct']:.0f}%")

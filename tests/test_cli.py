@@ -226,3 +226,22 @@ def test_welch_interval_matches_scipy():
     res = ss.ttest_ind(a, b, equal_var=False)
     ci = res.confidence_interval(0.95)
     assert (d.low, d.high) == pytest.approx((ci.low, ci.high))
+
+
+def test_a_longer_schedule_is_drawn_beside_the_shorter_at_the_same_fraction():
+    import matplotlib
+    import pandas as pd
+
+    from densenet_repro import table2
+
+    matplotlib.use("Agg")
+    cols = lambda errs, lrs: pd.DataFrame({"epoch": range(1, len(errs) + 1), "train_loss": 1.0, "test_loss": 1.0,  # noqa: E731
+                                           "test_err_pct": errs, "lr": lrs})
+    h = {"label": "DenseNet", "paper_pct": 5.24, "paper_epochs": 300, "target_pct": 9.0, "epochs": 100,
+         "status": "in progress", "epochs_done": 2}
+    fig = table2.headline_curves_figure(cols([40.0, 30.0], [0.1, 0.1]), h,
+                                        (cols([45.0, 35.0, 30.0], [0.1, 0.1, 0.01]), {"epochs": 3}))
+    ours, shorter = fig.axes[1].lines[:2]
+    assert list(ours.get_xdata()) == [1, 2] and list(shorter.get_ydata()) == [45.0, 35.0, 30.0]
+    assert list(shorter.get_xdata()) == pytest.approx([100 / 3, 200 / 3, 100.0])  # epoch e of 3 at e/3 of 100
+    assert "3-epoch run" in shorter.get_label() and "so far (2 of 100)" in fig._suptitle.get_text()
