@@ -214,7 +214,7 @@ def figure5_maps(budget: str, *, data_root: str | None = None, device: str = "au
     the untrained one, plus where they came from.
 
     cpu: the Table 2 headline run (DenseNet L=40, k=12, C10+): its weights when finished, else its
-    committed checkpoint, and the weights it kept on the way (snapshots/, experiments.HEADLINE_SNAPSHOTS).
+    committed checkpoint, and the weights it kept on the way (snapshots/, experiments.headline_snapshots).
     paper: the paper-protocol run of the same cell. smoke: the small DenseNet of the smoke sweep.
     """
     from pathlib import Path
