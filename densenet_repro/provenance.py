@@ -102,6 +102,32 @@ def git_commit(root: Path | None = None, *, named: bool = True) -> tuple[str, bo
     return sha, bool(status.strip())
 
 
+# What a training run commits while it trains: its own checkpoints, and the reports.
+_NOT_CODE = (":(exclude)results", ":(exclude)reports")
+
+
+def code_commit(root: Path | None = None) -> str:
+    """The newest commit that changed the code, i.e. anything outside results/ and reports/, with
+    "+changes" where the code differs from it; where git cannot say, what `git_commit` falls back on.
+
+    A run that spans many sessions resumes each time from a checkpoint commit of its own. HEAD then
+    differs at every resume while the code does not; this names the code, so that the epochs one code
+    trained share one value.
+    """
+    root = root or repo_root()
+    try:
+        if root is None:
+            raise OSError("no repository")
+        sha = subprocess.run(["git", "log", "-1", "--format=%H", "--", ".", *_NOT_CODE], cwd=root,
+                             capture_output=True, text=True, check=True, timeout=20).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *_NOT_CODE],
+                                cwd=root, capture_output=True, text=True, check=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = git_commit(root)
+        return sha + ("+changes" if dirty else "")
+    return (sha or "unknown") + ("+changes" if status.strip() else "")
+
+
 def versions() -> dict[str, str]:
     """Versions of python and of the libraries whose behaviour the numbers depend on."""
     out = {"python": platform.python_version()}

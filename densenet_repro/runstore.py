@@ -187,10 +187,11 @@ def summarise(config, h: str, rows: list[dict[str, Any]], extra: dict[str, Any])
 
 
 # compile_time_s: the first compiled step of a process (compilation, CUDA-graph capture), left out
-# of epoch_time_s. hardware and path: what trained the epoch (a resumable run meets several machines).
+# of epoch_time_s. hardware, path and code_commit: what trained the epoch (a resumable run meets several
+# machines, and may meet several versions of the code).
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_err_pct", "test_loss", "test_err_pct", "val_loss",
                   "val_err_pct", "epoch_time_s", "eval_time_s", "train_images_per_s", "compile_time_s",
-                  "hardware", "path"]
+                  "hardware", "path", "code_commit"]
 
 
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:

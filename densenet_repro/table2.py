@@ -227,19 +227,24 @@ def headline_curves_figure(metrics, h: dict[str, Any], shorter: tuple[Any, dict[
 
 
 def headline_machines(metrics):
-    """Which machine trained which epochs of the headline run, and how fast: one row per stretch of
-    epochs trained on one CPU (or GPU) along one path (blocks, layout, precision)."""
+    """Which machine trained which epochs of the headline run, with which code, and how fast: one row
+    per stretch of epochs trained on one CPU (or GPU) along one path (blocks, layout, precision) by one
+    commit of the code."""
     import pandas as pd
 
     rows = []
     unrecorded = "not recorded (trained before the engine recorded it)"
-    m = metrics.assign(hardware=metrics["hardware"].fillna(unrecorded) if "hardware" in metrics else unrecorded,
-                       path=metrics["path"].fillna(unrecorded) if "path" in metrics else unrecorded)
-    stretch = ((m["hardware"] != m["hardware"].shift()) | (m["path"] != m["path"].shift())).cumsum()
+    m = metrics.assign(**{c: metrics[c].fillna(unrecorded) if c in metrics else unrecorded
+                          for c in ("hardware", "path", "code_commit")})
+    m["code_commit"] = [c if c == unrecorded else c[:12] + (" with changes" if c.endswith("+changes") else "")
+                        for c in m["code_commit"]]
+    keys = ["hardware", "path", "code_commit"]
+    stretch = (m[keys] != m[keys].shift()).any(axis=1).cumsum()
     for _, part in m.groupby(stretch, sort=False):
         first, last = int(part["epoch"].iloc[0]), int(part["epoch"].iloc[-1])
         rows.append({"epochs": f"{first}" if first == last else f"{first}-{last}",
                      "hardware": part["hardware"].iloc[0], "path": part["path"].iloc[0],
+                     "code (commit)": part["code_commit"].iloc[0],
                      "median training time per epoch (min)": round(float(part["epoch_time_s"].median()) / 60, 1),
                      "training and evaluation (h)": round(float((part["epoch_time_s"] + part["eval_time_s"]).sum())
                                                           / 3600, 2)})

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from densenet_repro import atomic, distributed, fastpath
+from densenet_repro import atomic, distributed, fastpath, provenance
 from densenet_repro import data as data_lib
 from densenet_repro.config import (AMP_MODES, HASHED_FIELDS, PROGRESS_MODES, RunConfig, build_model,  # noqa: F401
                                    build_optimizer, config_hash, lr_at, option, recipe, run_name)
@@ -118,6 +118,7 @@ class _Session:
     n_params: int
     path: str                   # path_label of this process's blocks, layout, precision, compilation
     hardware: str               # hardware_label of this process's device
+    code: str                   # provenance.code_commit: the code this process trains with
     rows: list[dict[str, Any]] = field(default_factory=list)  # metrics of the finished epochs
     start_epoch: int = 0
     saved_epoch: int = 0        # the epoch of the checkpoint on disk
@@ -210,7 +211,7 @@ def _setup(run: Run, procs: distributed.Processes, say: Callable[[str], None]) -
         step_model = CompiledForOneShape(step_model, config.batch_size // run.world, cuda_graphs=dev.type == "cuda")
     return _Session(run, procs, say, data, train_loader, eval_loaders, model, step_model, optimizer, scaler,
                     fast_blocks, n_params, path_label(fast_blocks, knobs.channels_last, config.amp, knobs.compile),
-                    hardware_label(dev))
+                    hardware_label(dev), provenance.code_commit())
 
 
 def _restore(s: _Session) -> None:
@@ -240,21 +241,20 @@ def _restore(s: _Session) -> None:
 
 
 def _write_config(s: _Session) -> None:
-    """config.json: the config as given, the data it trains on, versions and commit. A run resumed on
+    """config.json: the config as given, the data it trains on, versions and commit (HEAD and the code's,
+    of the process that wrote it last; metrics.csv names the code of each epoch). A run resumed on
     other data than it started on is refused before anything is overwritten."""
-    from densenet_repro.provenance import git_commit, versions
-
     run, fp = s.run, s.data.info["fingerprint"]
     before = (read_config(run.run_dir) or {}).get("data_fingerprint")
     if before is not None and fp is not None and before.get("digest") != fp["digest"]:
         raise DataMismatchError(f"{run.run_dir} was started on other data ({data_lib.describe_fingerprint(before)}) "
                                 f"than {run.source.path} holds ({data_lib.describe_fingerprint(fp)}): point --data-root "
                                 "at the copy it started on, or delete the folder to start over")
-    commit, dirty = git_commit()
+    commit, dirty = provenance.git_commit()
     cfg = run.config.to_dict() | {"config_hash": run.hash, "data_source_id": run.source.id,
                                   "data_description": run.source.description, "data_fingerprint": fp,
-                                  "versions": versions(), "world_size": run.world, "params": s.n_params,
-                                  "commit": commit + ("+changes" if dirty else "")}
+                                  "versions": provenance.versions(), "world_size": run.world, "params": s.n_params,
+                                  "commit": commit + ("+changes" if dirty else ""), "code_commit": s.code}
     atomic.write_json(run.run_dir / "config.json", cfg)
 
 
@@ -303,7 +303,7 @@ def _train_epoch(s: _Session, epoch: int, bar: bool) -> dict[str, Any]:
     epoch_time = time.perf_counter() - t0 - warmup_s  # the warm-up step's images are few: they stay in n
     row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss / n, "train_err_pct": 100.0 * train_wrong / n,
            "epoch_time_s": round(epoch_time, 3), "train_images_per_s": round(n / epoch_time, 1),
-           "hardware": s.hardware, "path": s.path}
+           "hardware": s.hardware, "path": s.path, "code_commit": s.code}
     if warmup_s:
         row["compile_time_s"] = round(warmup_s, 3)
     return row

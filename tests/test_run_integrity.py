@@ -21,6 +21,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -325,6 +326,37 @@ def test_a_copy_without_git_records_the_commit_it_is_given(tmp_path, monkeypatch
     assert provenance.git_commit() == ("unknown", False)
     monkeypatch.setenv("DENSENET_COMMIT", "0123abc+changes")
     assert provenance.git_commit() == ("0123abc", True)
+    assert provenance.code_commit() == "0123abc+changes"
+
+
+def test_each_epoch_names_the_code_that_trained_it_not_the_checkpoint_commit(tmp_path, monkeypatch):
+    """A run resumed from its own checkpoint commits: HEAD moves at every resume, the code does not."""
+    from densenet_repro import provenance
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "train.py").write_text("v1\n")
+    git("add", "-A"), git("commit", "-qm", "code")
+    code = git("rev-parse", "HEAD")
+    run = tmp_path / "results" / "table2" / "run"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_text("epoch 1\n")
+    git("add", "-A"), git("commit", "-qm", "checkpoint")
+    monkeypatch.setattr(provenance, "repo_root", lambda: tmp_path)
+    assert provenance.git_commit()[0] != code and provenance.code_commit() == code
+    (run / "checkpoint.pt").write_text("epoch 2\n")  # the run writing its next checkpoint
+    assert provenance.code_commit() == code
+    (tmp_path / "train.py").write_text("v2\n")
+    assert provenance.code_commit() == code + "+changes"
+
+    monkeypatch.undo()
+    s = T.train(tiny(tmp_path / "t"))
+    m = pd.read_csv(Path(s["run_dir"]) / "metrics.csv")
+    assert list(m.code_commit) == [provenance.code_commit()]
+    assert json.loads((Path(s["run_dir"]) / "config.json").read_text())["code_commit"] == provenance.code_commit()
 
 
 def test_deterministic_cuda_after_cuda_started_without_the_cublas_setting_is_one_line(tmp_path, monkeypatch):
