@@ -78,54 +78,51 @@ def repo_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() else None
 
 
-def git_commit(root: Path | None = None, *, named: bool = True) -> tuple[str, bool]:
+# What a training run commits while it trains: its own checkpoints (results/), and the reports.
+_NOT_CODE = (":(exclude)results", ":(exclude)reports")
+
+
+def git_commit(root: Path | None = None, *, named: bool = True, code: bool = False) -> tuple[str, bool]:
     """(commit sha, dirty) of the repository; where git cannot say (a copy without .git, such as the
     GPU machine's), the commit named by $DENSENET_COMMIT ("<sha>" or "<sha>+changes") unless
     `named` is False, else ("unknown", False).
 
-    `dirty` ignores reports/ (the pipeline is rewriting it while it runs) and untracked files.
+    `dirty` ignores reports/ (the pipeline is rewriting it while it runs) and untracked files. With
+    `code`, the sha is the newest commit that changed the code (anything outside results/ and
+    reports/) instead of HEAD, and `dirty` ignores results/ too: see `code_commit`.
     """
     root = root or repo_root()
+    excluded = _NOT_CODE if code else (":(exclude)reports",)
+    head = ["git", "log", "-1", "--format=%H", "--", ".", *excluded] if code else ["git", "rev-parse", "HEAD"]
     try:
         if root is None:
             raise OSError("no repository")
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             check=True, timeout=20).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                 ":(exclude)reports"], cwd=root, capture_output=True, text=True,
-                                check=True, timeout=20).stdout
+        sha = subprocess.run(head, cwd=root, capture_output=True, text=True, check=True, timeout=20).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
+                                cwd=root, capture_output=True, text=True, check=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         given = os.environ.get("DENSENET_COMMIT", "").strip() if named else ""
         if not given:
             return "unknown", False
         return given.removesuffix("+changes"), given.endswith("+changes")
-    return sha, bool(status.strip())
+    return sha or "unknown", bool(status.strip())
 
 
-# What a training run commits while it trains: its own checkpoints, and the reports.
-_NOT_CODE = (":(exclude)results", ":(exclude)reports")
+def commit_label(sha: str, dirty: bool) -> str:
+    """A commit as config.json and $DENSENET_COMMIT write it: "<sha>", or "<sha>+changes" where the
+    files differ from it."""
+    return sha + ("+changes" if dirty and sha != "unknown" else "")
 
 
 def code_commit(root: Path | None = None) -> str:
-    """The newest commit that changed the code, i.e. anything outside results/ and reports/, with
-    "+changes" where the code differs from it; where git cannot say, what `git_commit` falls back on.
+    """The code a process runs, as `commit_label` writes it: the newest commit outside results/ and
+    reports/.
 
     A run that spans many sessions resumes each time from a checkpoint commit of its own. HEAD then
     differs at every resume while the code does not; this names the code, so that the epochs one code
     trained share one value.
     """
-    root = root or repo_root()
-    try:
-        if root is None:
-            raise OSError("no repository")
-        sha = subprocess.run(["git", "log", "-1", "--format=%H", "--", ".", *_NOT_CODE], cwd=root,
-                             capture_output=True, text=True, check=True, timeout=20).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *_NOT_CODE],
-                                cwd=root, capture_output=True, text=True, check=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        sha, dirty = git_commit(root)
-        return sha + ("+changes" if dirty else "")
-    return (sha or "unknown") + ("+changes" if status.strip() else "")
+    return commit_label(*git_commit(root, code=True))
 
 
 def versions() -> dict[str, str]:

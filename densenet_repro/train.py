@@ -250,11 +250,10 @@ def _write_config(s: _Session) -> None:
         raise DataMismatchError(f"{run.run_dir} was started on other data ({data_lib.describe_fingerprint(before)}) "
                                 f"than {run.source.path} holds ({data_lib.describe_fingerprint(fp)}): point --data-root "
                                 "at the copy it started on, or delete the folder to start over")
-    commit, dirty = provenance.git_commit()
     cfg = run.config.to_dict() | {"config_hash": run.hash, "data_source_id": run.source.id,
                                   "data_description": run.source.description, "data_fingerprint": fp,
                                   "versions": provenance.versions(), "world_size": run.world, "params": s.n_params,
-                                  "commit": commit + ("+changes" if dirty else ""), "code_commit": s.code}
+                                  "commit": provenance.commit_label(*provenance.git_commit()), "code_commit": s.code}
     atomic.write_json(run.run_dir / "config.json", cfg)
 
 

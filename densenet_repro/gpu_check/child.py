@@ -29,10 +29,9 @@ def checkout_commit(given: str | None = None) -> str:
     given = given or os.environ.get(COMMIT_ENV)
     if given:
         return given
-    from densenet_repro.provenance import git_commit
+    from densenet_repro.provenance import commit_label, git_commit
 
-    sha, dirty = git_commit(REPO)
-    return sha + ("+changes" if dirty and sha != "unknown" else "")
+    return commit_label(*git_commit(REPO))
 
 
 def _importable(name: str) -> bool:
