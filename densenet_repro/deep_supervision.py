@@ -322,11 +322,10 @@ def headline_measurements(budget: str, data_root: str | None, results: str = "re
     import pandas as pd
 
     from densenet_repro import atomic, create_model, experiments
-    from densenet_repro.plan import plan
     from densenet_repro.run_weights import load_run_weights
     from densenet_repro.runstore import WEIGHTS
 
-    run = plan(experiments.headline_config(data_root=data_root, results=results)) if budget == "cpu" else None
+    run = experiments.most_trained_headline(data_root=data_root, results=results) if budget == "cpu" else None
     if run is None or run.finished is None:
         return None, {"dataset": None, "files": [], "note": "the headline run has not finished: not measured yet"}
     weights = run.finished / WEIGHTS
@@ -343,7 +342,9 @@ def headline_measurements(budget: str, data_root: str | None, results: str = "re
         kept = {"key": key, "dataset": dataset_text(data), "layers": layers.to_dict(orient="records")}
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_json(path, kept)
-    return pd.DataFrame(kept["layers"]), {"dataset": kept["dataset"], "files": [path.as_posix(), weights.as_posix()]}
+    # the row names the schedule: the network is the most-trained finished one, 30 or 100 epochs
+    return (pd.DataFrame(kept["layers"]).assign(network=f"{HEADLINE_LABEL}, {run.config.epochs} epochs"),
+            {"dataset": kept["dataset"], "files": [path.as_posix(), weights.as_posix()]})
 
 
 def scope(runs: dict, budget: str):

@@ -106,6 +106,15 @@ def headline_config(*, epochs: int = HEADLINE["epochs"], data_root: str | None =
     return dataclasses.replace(config, keep_weights_at=headline_snapshots(epochs, config.lr_milestones))
 
 
+def most_trained_headline(*, data_root: str | None = None, device: str = "auto", results: str = "results"):
+    """The planned headline run that Figure 5 and the probes read: the longest schedule that has finished
+    (final weights beat a checkpoint on the way), else the shortest, as far as it got. So when the
+    100-epoch run finishes, notebook 05 reads it and its snapshots (10, 50, 75) without a code change."""
+    runs = [plan(headline_config(epochs=e, data_root=data_root, device=device, results=results))
+            for e in HEADLINE_SCHEDULES]
+    return next((r for r in reversed(runs) if r.finished), runs[0])
+
+
 # --- what each budget runs -------------------------------------------------------------------------
 # cpu: the two families at a small depth, on the full training and test sets, for CPU_EPOCHS epochs
 # (milestones scaled: with 2 epochs, LR 0.1 for the first and 0.001 for the second), seeds

@@ -228,9 +228,8 @@ def figure5_maps(budget: str, *, data_root: str | None = None, device: str = "au
 
     check_budget(budget)
     if budget == "cpu":
-        cfg = experiments.headline_config(data_root=data_root, device=device, results=results)
-        run = plan(cfg)
-        folder = run.finished or run.run_dir
+        run = experiments.most_trained_headline(data_root=data_root, device=device, results=results)
+        cfg, folder = run.config, run.finished or run.run_dir
     elif budget == "paper":
         cfg = experiments.budget_config("densenet40_k12", "c10+", "paper", data_root=data_root, device=device,
                                         experiment=experiments.EXPERIMENT)

@@ -111,6 +111,54 @@ def test_figure5_is_drawn_beside_the_snapshots_the_run_kept(tmp_path):
     assert info["in_progress"][0]["epoch"] == 16
 
 
+def test_figure5_reads_the_longest_headline_schedule_that_has_finished(tmp_path):
+    """30 epochs finished and 100 in progress: Figure 5 shows the finished 30-epoch network (final weights
+    beat a checkpoint on the way). Once the 100-epoch run finishes, its weights and its snapshots after
+    epochs 10, 50 and 75, without a code change."""
+    import json
+    from pathlib import Path
+
+    from densenet_repro import create_model, experiments
+    from densenet_repro.config import config_hash, run_name
+
+    source = "folder:cifar10-jpeg.tar.gz"
+
+    def headline_run(epochs: int) -> Path:
+        cfg = experiments.headline_config(epochs=epochs, results=str(tmp_path)).resolved()
+        h = config_hash(cfg, source)
+        run = tmp_path / "table2" / run_name(cfg, h)
+        (run / "snapshots").mkdir(parents=True)
+        for e in cfg.keep_weights_at:
+            torch.save(create_model("densenet40_k12").state_dict(), run / "snapshots" / f"epoch_{e:03d}.pt")
+        (run / "config.json").write_text(json.dumps({"data_source_id": source}))
+        (run / "metrics.csv").write_text(f"epoch,test_err_pct\n{epochs // 2},13.0\n")
+        torch.save({"epoch": epochs // 2, "model": create_model("densenet40_k12").state_dict()}, run / "checkpoint.pt")
+        return run
+
+    def finish(run: Path, epochs: int) -> None:
+        (run / "checkpoint.pt").unlink()
+        torch.save(create_model("densenet40_k12").state_dict(), run / "weights.pt")
+        (run / "summary.json").write_text(json.dumps({
+            "finished": True, "config_hash": run.name.rsplit("-", 1)[1], "model": "densenet40_k12",
+            "dataset": "c10+", "epochs": epochs, "final_test_error_pct": 9.0, "best_test_error_pct": 8.9,
+            "reported_test_error_pct": 9.0, "wall_time_s": 1.0}))
+
+    short, long = headline_run(30), headline_run(100)
+    finish(short, 30)
+    maps = lambda: fr.figure5_maps("cpu", data_root=str(tmp_path / "no-data"), results=str(tmp_path))  # noqa: E731
+    named, info = maps()
+    assert (list(named)[0], info["run_dir"], info["snapshots"]) == ("trained 30 of 30 epochs", short.as_posix(),
+                                                                    [22, 15, 3])
+    finish(long, 100)
+    named, info = maps()
+    assert list(named) == ["trained 100 of 100 epochs",
+                           "trained 75 of 100 epochs (snapshot, the last epoch at LR 0.01)",
+                           "trained 50 of 100 epochs (snapshot, the last epoch at LR 0.1)",
+                           "trained 10 of 100 epochs (snapshot, LR 0.1)", fr.UNTRAINED]
+    assert info["run_dir"] == long.as_posix() and info["finished"] and not info["in_progress"]
+    assert (long / "weights.pt").as_posix() in info["files"]
+
+
 def test_heat_maps_refuse_a_network_without_dense_blocks():
     from densenet_repro import create_model
 
