@@ -350,13 +350,15 @@ def headline_measurements(budget: str, data_root: str | None, results: str = "re
 def scope(runs: dict, budget: str):
     """The budget the supervision verdicts are reached at: epochs, one network per family, their sizes."""
     from densenet_repro import verdicts
+    from densenet_repro.data import get_spec
 
     if not runs:
         return verdicts.Scope(budget, "no run finished yet")
     epochs = sorted({s["epochs"] for s in runs.values()})
     params = sorted(s["params"] for s in runs.values())
     sizes = f"{params[0] / 1e3:.0f}k-{params[-1] / 1e3:.0f}k parameters"
-    schedule = f"{' or '.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''} of the paper's 300"
+    paper = "/".join(map(str, sorted({get_spec(s["dataset"]).paper_epochs for s in runs.values()})))
+    schedule = f"{' or '.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''} of the paper's {paper}"
     return verdicts.Scope(budget, f"{schedule}, one network per family ({sizes}), intervals over {GRAD_BATCHES} batches")
 
 

@@ -221,6 +221,7 @@ def figure5_maps(budget: str, *, data_root: str | None = None, device: str = "au
 
     from densenet_repro import create_model, experiments, sweeps
     from densenet_repro.budgets import check_budget
+    from densenet_repro.data import get_spec
     from densenet_repro.plan import plan
     from densenet_repro.run_weights import load_run_weights
     from densenet_repro.runstore import snapshot_path
@@ -243,6 +244,7 @@ def figure5_maps(budget: str, *, data_root: str | None = None, device: str = "au
     trained, epoch, finished = load_run_weights(folder, create_model(cfg.model, **cfg.model_kwargs),
                                                 "train it first (python -m densenet_repro table2 --headline)")
     info = {"run_dir": folder.as_posix(), "epoch": epoch, "epochs": cfg.epochs, "finished": finished,
+            "paper_epochs": get_spec(cfg.dataset).paper_epochs,
             "model": cfg.model, "files": [], "in_progress": [], "snapshots": []}
     if finished:  # the weights the maps come from, and the run's record
         info["files"] = [(folder / name).as_posix() for name in ("summary.json", "metrics.csv", "weights.pt")
@@ -296,7 +298,7 @@ def scope(info: dict, budget: str):
     """The budget Figure 5's verdicts are reached at: the network and how far it trained."""
     from densenet_repro import verdicts
 
-    return verdicts.Scope(budget, f"{info['model']}, {info['epochs']} epochs scheduled of the paper's 300; "
+    return verdicts.Scope(budget, f"{info['model']}, {info['epochs']} epochs scheduled of the paper's {info['paper_epochs']}; "
                                   "intervals over the layers of one network")
 
 

@@ -66,7 +66,7 @@ def test_observations_the_untrained_network_shares_carry_the_caveat_into_the_cla
     raw = np.where(np.tril(np.ones((4, 4)), -1) == 1, np.nan, 1.0 + 0.01 * np.arange(16.0).reshape(4, 4))
     maps = [fr.BlockMap(b, raw.copy(), e) for b, e in ((1, "transition 1"), (2, "transition 2"), (3, "classifier"))]
     named = {"trained 7 of 30 epochs": maps, fr.UNTRAINED: maps}
-    info = {"model": "densenet40_k12", "epoch": 7, "epochs": 30, "finished": False}
+    info = {"model": "densenet40_k12", "epoch": 7, "epochs": 30, "finished": False, "paper_epochs": 300}
     claims = {c["claim"][:22]: c for c in fr.claims(named, info, "cpu")}
     first = claims["Figure 5 observation 1"]
     assert first["verdict"] == stats.HOLDS and first["scope"]["budget"] == "cpu"
