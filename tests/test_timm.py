@@ -331,7 +331,8 @@ def test_cifar_normalisation_is_what_the_committed_runs_recorded():
 # Trained weights by name, on a fake run folder
 # ---------------------------------------------------------------------------------------------------
 
-HEADLINE = WEIGHTS[0]
+HEADLINE = registry.find_weights("densenet40_k12", "repro_c10plus")  # 30 epochs
+HEADLINE_E100 = registry.find_weights("densenet40_k12", "repro_c10plus_e100")
 RUN_MEAN, RUN_STD = [0.49125, 0.48209, 0.44652], [0.24523, 0.24278, 0.26063]
 
 
@@ -341,12 +342,12 @@ def results(tmp_path, monkeypatch):
     return tmp_path
 
 
-def finish_fake_run(results, w=HEADLINE, final=6.5, best=6.25):
+def finish_fake_run(results, w=HEADLINE, final=6.5, best=6.25, seed=1):
     """What the engine leaves in a finished run folder: weights.pt (a trained-looking state_dict),
     summary.json and config.json."""
     folder = results / w.run
     folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = densenet_repro.create_model(w.model).train()
     with torch.no_grad():
         model(torch.randn(4, 3, 32, 32))  # running statistics that are not the defaults
@@ -384,7 +385,7 @@ def test_missing_weights_give_one_line_saying_the_run_is_training_and_how_to_tra
     assert densenet_repro.list_pretrained(include_unavailable=True) == [dict(
         name=w.name, model="densenet40_k12", tag=w.tag, available=False,
         file=str(results / w.run / "weights.pt"), run=w.run, train=w.train) for w in WEIGHTS]
-    assert [w.tag for w in WEIGHTS] == ["repro_c10plus", "repro_c10plus_e100"]  # 30 epochs, then 100
+    assert [w.tag for w in WEIGHTS] == ["repro_c10plus_e100", "repro_c10plus"]  # most trained first
     for create_fn in (densenet_repro.create_model, timm.create_model):
         with pytest.raises(errors.ConfigError, match="not been trained here.*table2 --headline") as e:
             create_fn("densenet40_k12", pretrained=True)
@@ -430,6 +431,26 @@ def test_published_weights_load_by_name_in_densenet_repro_and_in_timm(results):
         for m, e in zip(backbone(x), captured(ref, x), strict=True):
             assert torch.equal(m, e)
     assert densenet_repro.create_model("densenet40_k12").pretrained_cfg["file"] == str(folder / "weights.pt")
+
+
+def test_the_default_weights_are_the_most_trained_that_have_finished_and_each_tag_loads_its_own(results):
+    x = torch.randn(2, 3, 32, 32)
+    short = reference(finish_fake_run(results, HEADLINE))
+    with torch.no_grad():  # while the 100-epoch run trains, its name says so and the default is the 30-epoch run
+        assert torch.equal(densenet_repro.create_model("densenet40_k12", pretrained=True).eval()(x), short(x))
+        with pytest.raises(errors.ConfigError, match="repro_c10plus_e100: no trained weights yet"):
+            densenet_repro.create_model("densenet40_k12.repro_c10plus_e100", pretrained=True)
+        long = reference(finish_fake_run(results, HEADLINE_E100, final=5.5, best=5.5, seed=2))
+        assert not torch.equal(long(x), short(x))
+        assert [w["name"] for w in densenet_repro.list_pretrained()] == [HEADLINE_E100.name, HEADLINE.name]
+        for name, ref in (("densenet40_k12", long), (HEADLINE_E100.name, long), (HEADLINE.name, short)):
+            for create_fn in (densenet_repro.create_model, timm.create_model):
+                model = create_fn(name, pretrained=True).eval()
+                assert torch.equal(model(x), ref(x)), (create_fn, name)
+    cfg = densenet_repro.create_model("densenet40_k12").pretrained_cfg
+    assert cfg["tag"] == "repro_c10plus_e100" and "final test error 5.5 %" in " ".join(cfg["notes"])
+    # timm fixes a name's default tag when the models register (on import): the first tag with a file
+    assert timm.models.generate_default_cfgs(densenet_repro_timm._cfgs())["densenet40_k12"].tags[0] == "repro_c10plus_e100"
 
 
 def test_weights_of_a_damaged_run_record_are_never_used(results):
