@@ -208,6 +208,11 @@ def split_name(name: str) -> tuple[str, str | None]:
     return model, tag or None
 
 
+def _finished_default(name: str) -> Weights | None:
+    """A model's default weights, the first listed whose run has finished; None while none has."""
+    return next((w for w in WEIGHTS if w.model == name and w.available), None)
+
+
 def find_weights(name: str, tag: str | None = None) -> Weights:
     """The weights of a model tagged `tag`, or its default: the first whose run has finished, else its first
     (whose error then says how to train it). ConfigError when the model has none."""
@@ -217,7 +222,7 @@ def find_weights(name: str, tag: str | None = None) -> Weights:
         raise ConfigError(f"{name}: densenet-repro has no trained weights for it (densenet_repro.list_pretrained() "
                           f"names those it has); use pretrained=False")
     if tag is None:
-        return next((w for w in mine if w.available), mine[0])
+        return _finished_default(name) or mine[0]
     for w in mine:
         if w.tag == tag:
             return w
@@ -271,8 +276,8 @@ def pretrained_cfg(name: str, tag: str | None = None) -> dict[str, Any]:
     """A model's cfg: that of its trained weights where they are there (or of those tagged `tag`), else the default."""
     if tag is not None:
         return weights_cfg(find_weights(name, tag))
-    ready = [w for w in WEIGHTS if w.model == name and w.available]  # find_weights' default, where it loads
-    return weights_cfg(ready[0]) if ready else default_cfg(name)
+    w = _finished_default(name)
+    return weights_cfg(w) if w else default_cfg(name)
 
 
 def _describe(w: Weights, summary: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
