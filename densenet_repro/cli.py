@@ -145,7 +145,7 @@ def table2_main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="only list the cells and what is scaled")
     p.add_argument("--headline", action="store_true",
                    help="cpu budget: train (or resume) the headline run, DenseNet L=40 on C10+, at each of its "
-                        "schedules (30, then 100 epochs: hours on a CPU); its checkpoint stays in results/table2/ "
+                        "schedules (30, 100, then 300 epochs: hours to days on a CPU); its checkpoint stays in results/table2/ "
                         "to be committed")
     args = p.parse_args(argv)
     from densenet_repro import table2

@@ -342,7 +342,7 @@ def headline_measurements(budget: str, data_root: str | None, results: str = "re
         kept = {"key": key, "dataset": dataset_text(data), "layers": layers.to_dict(orient="records")}
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_json(path, kept)
-    # the row names the schedule: the network is the most-trained finished one, 30 or 100 epochs
+    # the row names the schedule: the network is the most-trained finished one (experiments.HEADLINE_SCHEDULES)
     return (pd.DataFrame(kept["layers"]).assign(network=f"{HEADLINE_LABEL}, {run.config.epochs} epochs"),
             {"dataset": kept["dataset"], "files": [path.as_posix(), weights.as_posix()]})
 

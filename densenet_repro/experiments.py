@@ -83,14 +83,19 @@ HEADLINE_TARGET_PCT = 9.0  # final test error (the paper: 5.24 at 300 epochs)
 # sat at 11.7-12.7 % from epoch 17 on while the training error kept falling (9.2 to 5.9 %), so the
 # network is far from fitted, and training longer at each learning rate is the paper's own recipe for a
 # lower error. The second schedule is the same run at a third of the paper's 300 epochs (LR /10 at
-# epochs 51 and 76): about 17 h on a 2-core CPU, over many restarts.
-HEADLINE_SCHEDULES = (30, 100)
+# epochs 51 and 76): about 17 h on a 2-core CPU, over many restarts. It missed the target too (its
+# summary.json and report 02 give the numbers): the test error sat at 9.7-10.2 % through the last 25
+# epochs at LR 0.001 while the training error fell below 1.4 %. The third schedule is the paper's own,
+# 300 epochs (LR /10 at epochs 151 and 226): about 65 h on a 2-core CPU, or a GPU slot's `headline`
+# phase (gpu-check), both resuming the same committed checkpoint.
+HEADLINE_SCHEDULES = (30, 100, 300)
 
 
 def headline_snapshots(epochs: int, milestones: tuple[float, ...]) -> tuple[int, ...]:
     """The epochs whose weights the headline keeps for Figure 5: an early one (a tenth of the way),
     and the last epoch at each learning rate before a drop (milestones: the fractions of the schedule
-    where the LR drops). The paper's drops: 30 epochs (3, 15, 22), 100 epochs (10, 50, 75)."""
+    where the LR drops). The paper's drops: 30 epochs (3, 15, 22), 100 epochs (10, 50, 75), 300 epochs
+    (30, 150, 225)."""
     return (max(1, epochs // 10), *(int(m * epochs) for m in milestones))
 
 
@@ -99,8 +104,8 @@ def headline_config(*, epochs: int = HEADLINE["epochs"], data_root: str | None =
     """The headline run at one of its schedules. It lives in results/ (out=results): its checkpoint is
     committed as it trains."""
     if epochs not in HEADLINE_SCHEDULES:
-        raise ConfigError(f"the headline is trained at {' or '.join(map(str, HEADLINE_SCHEDULES))} epochs, "
-                          f"not {epochs}")
+        *shorter, longest = map(str, HEADLINE_SCHEDULES)
+        raise ConfigError(f"the headline is trained at {', '.join(shorter)} or {longest} epochs, not {epochs}")
     config = RunConfig(**(HEADLINE | {"epochs": epochs}), experiment=EXPERIMENT, out=results, results=results,
                        data_root=data_root, device=device, budget="cpu", download=False, speed_trial=True)
     return dataclasses.replace(config, keep_weights_at=headline_snapshots(epochs, config.lr_milestones))
@@ -108,8 +113,8 @@ def headline_config(*, epochs: int = HEADLINE["epochs"], data_root: str | None =
 
 def most_trained_headline(*, data_root: str | None = None, device: str = "auto", results: str = "results"):
     """The planned headline run that Figure 5 and the probes read: the longest schedule that has finished
-    (final weights beat a checkpoint on the way), else the shortest, as far as it got. So when the
-    100-epoch run finishes, notebook 05 reads it and its snapshots (10, 50, 75) without a code change."""
+    (final weights beat a checkpoint on the way), else the shortest, as far as it got. So when a
+    longer schedule finishes, notebook 05 reads it and its snapshots without a code change."""
     runs = [plan(headline_config(epochs=e, data_root=data_root, device=device, results=results))
             for e in HEADLINE_SCHEDULES]
     return next((r for r in reversed(runs) if r.finished), runs[0])

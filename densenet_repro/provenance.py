@@ -188,7 +188,8 @@ def progress_entry(run_dir: str | os.PathLike, label: str, epoch: int, epochs: i
 
 
 def progress_text(epochs_done: int, epochs: int, shown: Mapping[str, int] | int) -> str:
-    """'in progress: 8 of 30 epochs (report shows epoch 7)', the one wording every page uses.
+    """'in progress: 8 of 30 epochs (report shows epoch 7)' ('not started: 0 of ...' before its first
+    epoch), the one wording every page uses.
 
     `shown`: the epoch one report showed, or {report name: epoch} when several show the run.
     """
@@ -202,7 +203,7 @@ def progress_text(epochs_done: int, epochs: int, shown: Mapping[str, int] | int)
             by_epoch.setdefault(e, []).append(name[:2])
         which = ", ".join(f"{' and '.join(names)} show{'s' if len(names) == 1 else ''} epoch {e}"
                           for e, names in by_epoch.items())
-    return f"in progress: {epochs_done} of {epochs} epochs ({which})"
+    return f"{'in progress' if epochs_done else 'not started'}: {epochs_done} of {epochs} epochs ({which})"
 
 
 def loaded_code(root: Path | None = None) -> dict[str, str]:

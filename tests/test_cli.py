@@ -102,18 +102,20 @@ def test_the_headline_config_keeps_its_committed_hash():
 
 
 def test_the_headline_schedules_differ_only_in_their_length(tmp_path):
-    """The longer schedule is the headline's recipe with more epochs (its checkpoint is committed under
-    this hash), keeping its snapshots at the same points of the schedule; no other length is a schedule."""
+    """The longer schedules are the headline's recipe with more epochs (their checkpoints are committed
+    under these hashes), keeping their snapshots at the same points of the schedule; no other length is
+    a schedule."""
     from densenet_repro.train import config_hash
 
-    short, long = (experiments.headline_config(epochs=e) for e in experiments.HEADLINE_SCHEDULES)
-    assert config_hash(long, "folder:cifar10-jpeg.tar.gz") == "5da474e00f"
-    assert dataclasses.replace(long, epochs=short.epochs, keep_weights_at=short.keep_weights_at) == short
-    assert (short.keep_weights_at, long.keep_weights_at) == ((3, 15, 22), (10, 50, 75))  # early, before each drop
-    with pytest.raises(ConfigError, match="the headline is trained at 30 or 100 epochs, not 50"):
+    short, *longer = (experiments.headline_config(epochs=e) for e in experiments.HEADLINE_SCHEDULES)
+    assert [config_hash(c, "folder:cifar10-jpeg.tar.gz") for c in longer] == ["5da474e00f", "01b99540a5"]
+    for long in longer:
+        assert dataclasses.replace(long, epochs=short.epochs, keep_weights_at=short.keep_weights_at) == short
+    assert [c.keep_weights_at for c in (short, *longer)] == [(3, 15, 22), (10, 50, 75), (30, 150, 225)]
+    with pytest.raises(ConfigError, match="the headline is trained at 30, 100 or 300 epochs, not 50"):
         experiments.headline_config(epochs=50)
     rows = experiments.headline_runs(results=str(tmp_path))  # nothing trained there: each shows no progress
-    assert [(r["progress"]["epochs"], r["progress"]["epochs_done"]) for r in rows] == [(30, 0), (100, 0)]
+    assert [(r["progress"]["epochs"], r["progress"]["epochs_done"]) for r in rows] == [(30, 0), (100, 0), (300, 0)]
     assert all(r["progress"]["run_dir"].startswith(tmp_path.as_posix()) for r in rows)
 
 
@@ -122,7 +124,7 @@ def test_the_evaluation_names_a_schedule_of_the_headline(capsys):
 
     with pytest.raises(SystemExit) as e:
         evaluate_main(["--epochs", "50"])
-    assert e.value.code == 2 and "invalid choice: 50 (choose from 30, 100)" in capsys.readouterr().err
+    assert e.value.code == 2 and "invalid choice: 50 (choose from 30, 100, 300)" in capsys.readouterr().err
 
 
 def test_comparisons_train_on_the_full_set_with_seeds():

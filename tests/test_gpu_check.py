@@ -20,7 +20,7 @@ from densenet_repro.gpu_check import child, guard, phases, rehearsal, runner
 from densenet_repro.runstore import CHECKPOINT, RunLock, load_checkpoint, save_checkpoint, snapshot_path
 
 REPO = Path(__file__).resolve().parent.parent
-HEADLINE_RUN = "table2/densenet40_k12-c10+-5da474e00f"  # the committed headline run still training (100 epochs)
+HEADLINE_RUN = "table2/densenet40_k12-c10+-01b99540a5"  # the headline schedule still to finish (300 epochs)
 
 
 def test_without_a_gpu_it_says_so_in_one_line(capsys, monkeypatch):
@@ -69,11 +69,11 @@ def test_epoch_numbers_keep_the_steady_epoch_apart_from_the_first():
 
 def test_the_headline_phase_continues_the_committed_run():
     """gpu-check plans the headline run exactly as the committed run (same config hash, same folder),
-    on the CPU, so its own process never starts CUDA: the first schedule not finished, 100 epochs once
-    the 30-epoch run has finished."""
+    on the CPU, so its own process never starts CUDA: the first schedule not finished, 300 epochs once
+    the 30- and 100-epoch runs have finished."""
     config, run = phases.plan_headline(phases.GPU, "data", "results")
     assert run.run_dir == REPO / "results" / HEADLINE_RUN and run.device.type == "cpu" and run.finished is None
-    assert config.keep_weights_at == (10, 50, 75) and config.epochs == 100 and run.hash == "5da474e00f"
+    assert config.keep_weights_at == (30, 150, 225) and config.epochs == 300 and run.hash == "01b99540a5"
 
 
 def test_the_epoch_phases_train_the_paper_recipe_in_their_mode(tmp_path):

@@ -385,7 +385,7 @@ def test_missing_weights_give_one_line_saying_the_run_is_training_and_how_to_tra
     assert densenet_repro.list_pretrained(include_unavailable=True) == [dict(
         name=w.name, model="densenet40_k12", tag=w.tag, available=False,
         file=str(results / w.run / "weights.pt"), run=w.run, train=w.train) for w in WEIGHTS]
-    assert [w.tag for w in WEIGHTS] == ["repro_c10plus_e100", "repro_c10plus"]  # most trained first
+    assert [w.tag for w in WEIGHTS] == ["repro_c10plus_e300", "repro_c10plus_e100", "repro_c10plus"]  # most trained first
     for create_fn in (densenet_repro.create_model, timm.create_model):
         with pytest.raises(errors.ConfigError, match="not been trained here.*table2 --headline") as e:
             create_fn("densenet40_k12", pretrained=True)

@@ -174,10 +174,12 @@ class Weights:
 
 
 WEIGHTS: tuple[Weights, ...] = (
-    # Table 2's headline cell: DenseNet (L=40, k=12) on C10+ at the cpu budget, at 100 epochs and at 30
+    # Table 2's headline cell: DenseNet (L=40, k=12) on C10+ at the cpu budget, at 300, 100 and 30 epochs
     # (experiments.HEADLINE_SCHEDULES). Most trained first: a name's default (pretrained=True without a
-    # tag) is its first weights whose run has finished, so the 100-epoch weights become the default the
-    # moment their run publishes them, and the 30-epoch ones serve until then.
+    # tag) is its first weights whose run has finished, so longer-trained weights become the default the
+    # moment their run publishes them, and the shorter ones serve until then.
+    Weights("densenet40_k12", "repro_c10plus_e300", "table2/densenet40_k12-c10+-01b99540a5",
+            "python -m densenet_repro table2 --headline"),
     Weights("densenet40_k12", "repro_c10plus_e100", "table2/densenet40_k12-c10+-5da474e00f",
             "python -m densenet_repro table2 --headline"),
     Weights("densenet40_k12", "repro_c10plus", "table2/densenet40_k12-c10+-4bd6f77af9",

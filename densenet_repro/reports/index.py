@@ -169,7 +169,8 @@ def stale_reports(reports_dir: str | os.PathLike, notebooks_dir: str | os.PathLi
     A report is stale when its notebook, one of the result files it read or one of the package
     source files it imported changed (sha256) or disappeared, when it recorded no code hashes, when a
     run it showed in progress has finished (or vanished, or has fewer epochs than it showed), or
-    when it (or its latest render) failed. A run in progress that trains on does not make it stale.
+    when it (or its latest render) failed. A run in progress that trains on does not make it stale, nor
+    does one the report showed not started (epoch 0) whose folder is not there yet.
     With `notebooks_dir`, a notebook there without a report counts too.
     """
     import re
@@ -197,7 +198,7 @@ def stale_reports(reports_dir: str | os.PathLike, notebooks_dir: str | os.PathLi
         for e in r.get("in_progress") or []:
             now = provenance.run_progress(absolute(e["run"], root))
             shown = f"the report showed epoch {e['epoch']} of {e['epochs']}"
-            if not now["exists"]:
+            if not now["exists"] and e["epoch"]:  # a run the report showed not started may still not have
                 problems.append(f"{name}: run {e['run']} no longer exists ({shown})")
             elif now["finished"]:
                 problems.append(f"{name}: run {e['run']} has finished since {shown}: re-render")
