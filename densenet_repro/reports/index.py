@@ -198,7 +198,7 @@ def stale_reports(reports_dir: str | os.PathLike, notebooks_dir: str | os.PathLi
         for e in r.get("in_progress") or []:
             now = provenance.run_progress(absolute(e["run"], root))
             shown = f"the report showed epoch {e['epoch']} of {e['epochs']}"
-            if not now["exists"] and e["epoch"]:  # a run the report showed not started may still not have
+            if not now["exists"] and e["epoch"]:  # shown at epoch 0, it had no folder then either
                 problems.append(f"{name}: run {e['run']} no longer exists ({shown})")
             elif now["finished"]:
                 problems.append(f"{name}: run {e['run']} has finished since {shown}: re-render")
