@@ -63,18 +63,15 @@ def test_a_run_that_went_back_or_vanished_makes_the_report_stale(tmp_path):
 def test_a_run_shown_not_started_leaves_the_report_valid_until_it_finishes(tmp_path):
     """A longer schedule that has not started yet has no folder: the report showed epoch 0 of it."""
     run = tmp_path / "results" / "table2" / "densenet40_k12-c10+-def"
-    _write(tmp_path, [_row(tmp_path, run, 0)])
+    rows = [_row(tmp_path, run, 0)]
+    _write(tmp_path, rows)
     assert reports.stale_reports(tmp_path) == []
-    assert "not started: 0 of 30 epochs (report shows epoch 0)" in reports.index_html(read_rows(tmp_path))
+    assert "not started: 0 of 30 epochs (report shows epoch 0)" in reports.index_html(rows)
     _run_folder(run, 3)  # it starts and trains on
     assert reports.stale_reports(tmp_path) == []
     (run / "summary.json").write_text("{}")
     assert reports.stale_reports(tmp_path) == [
         f"02_x: run {run.as_posix()} has finished since the report showed epoch 0 of 30: re-render"]
-
-
-def read_rows(out: Path) -> list[dict]:
-    return json.loads((out / "index.json").read_text())["reports"]
 
 
 def test_the_index_says_how_far_the_run_is_now_and_what_each_report_shows(tmp_path):
